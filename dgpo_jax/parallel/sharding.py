@@ -1,0 +1,162 @@
+"""Meshes, logical-axis rules and sharded param creation.
+
+Params carry logical axis names (`axes` metadata, e.g. ("layers", "embed", "mlp")). A
+rules table maps each logical name to a mesh axis (or a tuple of them, or None). A dim
+whose size is not divisible by its mesh axes is replicated rather than failing, since GQA
+models have fewer KV heads (2 for Qwen2.5-0.5B) than a typical tensor axis.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from dgpo_jax.utils.errors import fail
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Default rules: FSDP shards the model dim, tensor parallelism the heads / mlp / vocab,
+# batches shard over data and fsdp together.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+
+def parse_mesh(spec: str) -> dict:
+  """Parses "data:2,fsdp:2,tensor:2" (axes not named get size 1; one size may be -1)."""
+  sizes = {a: 1 for a in MESH_AXES}
+  if not spec:
+    return sizes
+  for part in spec.split(","):
+    if ":" not in part:
+      fail(f"mesh {spec!r}: expected 'axis:size' items like 'data:4,tensor:2', got {part!r}")
+    name, size = part.split(":", 1)
+    name = name.strip()
+    if name not in MESH_AXES:
+      fail(f"mesh {spec!r}: unknown axis {name!r} (axes: {', '.join(MESH_AXES)})")
+    try:
+      sizes[name] = int(size)
+    except ValueError:
+      fail(f"mesh {spec!r}: size of {name!r} must be an integer, got {size!r}")
+  return sizes
+
+
+def make_mesh(spec="data:-1", devices: Optional[Sequence] = None) -> Mesh:
+  """A Mesh over (data, fsdp, tensor) with Auto axis types.
+
+  Args:
+    spec: a string for `parse_mesh` or a dict of axis sizes; -1 takes the remaining devices.
+    devices: defaults to all devices.
+
+  Raises:
+    DgpoError: when the sizes do not multiply to the device count.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = parse_mesh(spec) if isinstance(spec, str) else {**{a: 1 for a in MESH_AXES}, **spec}
+  n = len(devices)
+  free = [a for a in MESH_AXES if sizes[a] == -1]
+  if len(free) > 1:
+    fail(f"mesh {spec!r}: at most one axis may be -1")
+  known = int(np.prod([s for s in sizes.values() if s != -1]))
+  if free:
+    if n % known:
+      fail(f"mesh {spec!r}: {n} devices are not divisible by {known}")
+    sizes[free[0]] = n // known
+  total = int(np.prod(list(sizes.values())))
+  if total != n:
+    fail(f"mesh {spec!r}: axis sizes multiply to {total} but there are {n} devices")
+  arr = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
+  # Auto axes let XLA insert collectives itself (jax 0.10 defaults make_mesh to Explicit,
+  # which rejects sharded contracting dims without explicit out_sharding).
+  return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes, shape, mesh: Mesh, rules=DEFAULT_RULES) -> P:
+  """PartitionSpec for a value with logical `axes`, replicating non-divisible dims."""
+  table = dict(rules)
+  used: set = set()
+  out = []
+  for name, dim in zip(axes, shape):
+    target = table.get(name) if name is not None else None
+    if target is None:
+      out.append(None)
+      continue
+    targets = (target,) if isinstance(target, str) else tuple(target)
+    targets = tuple(t for t in targets if t not in used and mesh.shape[t] > 1)
+    size = int(np.prod([mesh.shape[t] for t in targets])) if targets else 1
+    if not targets or dim % size:
+      out.append(None)
+      continue
+    used.update(targets)
+    out.append(targets[0] if len(targets) == 1 else targets)
+  return P(*out)
+
+
+def _is_var(x):
+  return isinstance(x, nnx.Variable)
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
+  """NamedShardings for every Variable of an (abstract) nnx.State, from its `axes`."""
+
+  def one(var):
+    axes = var.get_metadata().get("axes")
+    shape = var.value.shape
+    if axes is None:
+      axes = (None,) * len(shape)
+    if len(axes) != len(shape):
+      fail(f"param with axes {axes} has shape {shape}: rank mismatch")
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+  return jax.tree.map(one, abstract_state, is_leaf=_is_var)
+
+
+def create_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh, rules=DEFAULT_RULES):
+  """Creates a module whose params are born sharded (never materialized on one device).
+
+  Returns:
+    (graphdef, state, shardings): the state is an nnx.State of sharded arrays.
+  """
+  abstract = nnx.eval_shape(ctor)
+  graphdef, abs_state = nnx.split(abstract)
+  shardings = state_shardings(abs_state, mesh, rules)
+
+  def init():
+    return nnx.state(ctor())
+
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
+  """Sharding for a [batch, ...] array: batch over the rule's mesh axes."""
+  target = dict(rules).get("batch")
+  return NamedSharding(mesh, P(target, *([None] * (ndim - 1))))
+
+
+def shard_batch(batch, mesh: Mesh, rules=DEFAULT_RULES):
+  """Places host arrays on the mesh, batch dimension sharded."""
+  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), rules)),
+                      batch)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def to_dtype(state, dtype):
+  """Casts every floating array of a state (e.g. frozen teacher params to bf16)."""
+  dt = jnp.dtype(dtype)
+  return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      state)

@@ -1,0 +1,57 @@
+"""Progress lines (step, rate, ETA) for long jobs, and a JSONL metrics writer."""
+
+import json
+import os
+import sys
+import time
+
+
+class Progress:
+  """Prints `name step/total  rate/s  ETA` at most every `every_s` seconds."""
+
+  def __init__(self, name: str, total: int, unit: str = "step", every_s: float = 5.0,
+               start: int = 0, stream=None):
+    self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
+    self.start_count = start
+    self.count = start
+    self.t0 = time.time()
+    self.last = 0.0
+    self.stream = stream or sys.stderr
+
+  def update(self, n: int = 1, extra: str = "", force: bool = False):
+    self.count += n
+    now = time.time()
+    if not force and now - self.last < self.every_s and self.count < self.total:
+      return
+    self.last = now
+    done = self.count - self.start_count
+    rate = done / max(now - self.t0, 1e-9)
+    left = (self.total - self.count) / rate if rate > 0 else float("inf")
+    eta = f"{left:,.0f}s" if left != float("inf") else "?"
+    print(f"[{self.name}] {self.unit} {self.count}/{self.total}  {rate:,.2f} {self.unit}/s  "
+          f"ETA {eta}  {extra}".rstrip(), file=self.stream, flush=True)
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to `<workdir>/<name>.jsonl` (process 0 only)."""
+
+  def __init__(self, workdir: str, name: str = "metrics", enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, f"{name}.jsonl")
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+
+  def write(self, step: int, **metrics):
+    if not self.enabled:
+      return
+    row = {"step": int(step), "time": time.time()}
+    row.update({k: _jsonable(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def _jsonable(v):
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return str(v)
