@@ -181,8 +181,14 @@ def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
       fail(f"{source}: missing field {key!r}")
   if family == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
     fail(f"{source}: llama with attention_bias/mlp_bias is not supported")
-  scaling = hf.get("rope_scaling")
+  # transformers ≥5 writes `rope_parameters` (theta + type); older files `rope_theta` and
+  # `rope_scaling`.
+  rope_params = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling") or (rope_params if rope_params.get("rope_type") not in
+                                       (None, "default") else None)
+  rope_theta = hf.get("rope_theta", rope_params.get("rope_theta", 10000.0))
   if scaling:
+    scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind not in ("llama3", "default"):
       fail(f"{source}: rope_scaling type {kind!r} is not supported (only 'llama3')")
@@ -200,7 +206,7 @@ def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
       n_kv_heads=hf.get("num_key_value_heads", n_heads),
       d_ff=hf["intermediate_size"],
       head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-      rope_theta=float(hf.get("rope_theta", 10000.0)),
+      rope_theta=float(rope_theta),
       rope_scaling=scaling,
       rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
       qkv_bias=(family == "qwen2"),

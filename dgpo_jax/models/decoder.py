@@ -94,7 +94,7 @@ class Blocks(nnx.Module):
     self.w_down = p((L, F, D), ("layers", "mlp", "embed"))
 
   def stacked(self) -> dict:
-    return {k: v.value for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
 
 def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, kv_fn):
@@ -144,7 +144,7 @@ class Decoder(nnx.Module):
 
   def head_weight(self):
     """The LM head as [D, V] (the embedding transposed when tied)."""
-    return self.embed.value.T if self.cfg.tie_embeddings else self.lm_head.value
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
   def hidden(self, tokens_bt, positions_bt=None, *, valid_bt=None,
              cache: Optional[Cache] = None):
@@ -164,7 +164,7 @@ class Decoder(nnx.Module):
       positions_bt = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     positions_bt = positions_bt.astype(jnp.int32)
     inv_freq = jnp.asarray(rope_inv_freq(cfg))
-    x = jnp.take(self.embed.value, tokens_bt, axis=0).astype(cfg.jnp_dtype)
+    x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(cfg.jnp_dtype)
     stacked = self.blocks.stacked()
     layer_ids = jnp.arange(cfg.n_layers)
 
@@ -200,7 +200,7 @@ class Decoder(nnx.Module):
 
       (x, ck, cv), _ = jax.lax.scan(layer, (x, cache["k"], cache["v"]), (stacked, layer_ids))
       new_cache = {"k": ck, "v": cv}
-    return rms_norm(x, self.final_norm.value, cfg.rms_eps), new_cache
+    return rms_norm(x, self.final_norm[...], cfg.rms_eps), new_cache
 
   def logits(self, hidden_btd):
     """LM-head logits [B, T, V] in float32."""
@@ -231,5 +231,5 @@ class ValueModel(nnx.Module):
   def __call__(self, tokens_bt, positions_bt=None, *, valid_bt=None):
     """Values [B, T] in float32: V(prefix up to and including token t)."""
     h, _ = self.trunk.hidden(tokens_bt, positions_bt, valid_bt=valid_bt)
-    return (jnp.einsum("btd,d->bt", h.astype(jnp.float32), self.value_w.value.astype(jnp.float32))
-            + self.value_b.value)
+    return (jnp.einsum("btd,d->bt", h.astype(jnp.float32), self.value_w[...].astype(jnp.float32))
+            + self.value_b[...])

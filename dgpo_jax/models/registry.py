@@ -97,11 +97,16 @@ def abstract_state(cfg: ModelConfig, ctor=Decoder):
   return nnx.split(nnx.eval_shape(lambda: ctor(cfg, rngs=nnx.Rngs(0))))
 
 
-def place_params(cfg: ModelConfig, params: dict, shardings=None, ctor=Decoder):
-  """Puts a pure param dict on devices (sharded if `shardings` is given).
+def place_params(cfg: ModelConfig, params: dict, shardings: Optional[dict] = None,
+                 ctor=Decoder):
+  """Checks a pure param dict against the model and puts it on devices.
+
+  Args:
+    shardings: a pure dict of NamedSharding (from `parallel.sharding.state_shardings`);
+      None puts everything on the default device.
 
   Returns:
-    (graphdef, state).
+    (graphdef, params) with params a pure dict of jax arrays.
   """
   graphdef, abs_state = abstract_state(cfg, ctor)
   pure_abs = nnx.to_pure_dict(abs_state)
@@ -109,10 +114,8 @@ def place_params(cfg: ModelConfig, params: dict, shardings=None, ctor=Decoder):
   if shardings is None:
     placed = jax.tree.map(lambda a, _: jax.numpy.asarray(a), params, pure_abs)
   else:
-    pure_sh = nnx.to_pure_dict(shardings)
-    placed = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), params, pure_sh)
-  nnx.replace_by_pure_dict(abs_state, placed)
-  return graphdef, abs_state
+    placed = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), params, shardings)
+  return graphdef, placed
 
 
 def _check_same_tree(expected: dict, got: dict, prefix=""):

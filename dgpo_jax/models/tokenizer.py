@@ -123,9 +123,11 @@ def tokenizer_json_from_gguf(fields: dict) -> str:
   kind = fields.get("tokenizer.ggml.model")
   if kind != "gpt2":
     fail(f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2')")
-  tokens = fields["tokenizer.ggml.tokens"]
+  tokens = fields.get("tokenizer.ggml.tokens")
+  if not tokens:
+    fail("GGUF metadata has no tokenizer.ggml.tokens")
   types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
-  merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+  merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges", [])]
   vocab = {t: i for i, t in enumerate(tokens)}
   tok = _Tok(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
   pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]

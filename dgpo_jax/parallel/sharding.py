@@ -106,37 +106,41 @@ def _is_var(x):
   return isinstance(x, nnx.Variable)
 
 
-def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
-  """NamedShardings for every Variable of an (abstract) nnx.State, from its `axes`."""
+def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES) -> dict:
+  """NamedShardings for every Variable of an (abstract) nnx.State, from its `axes`.
+
+  Returns:
+    a pure dict (same nesting as `nnx.to_pure_dict(state)`) of NamedSharding.
+  """
 
   def one(var):
     axes = var.get_metadata().get("axes")
-    shape = var.value.shape
+    shape = var.get_value().shape
     if axes is None:
       axes = (None,) * len(shape)
     if len(axes) != len(shape):
       fail(f"param with axes {axes} has shape {shape}: rank mismatch")
     return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 
-  return jax.tree.map(one, abstract_state, is_leaf=_is_var)
+  return nnx.to_pure_dict(jax.tree.map(one, abstract_state, is_leaf=_is_var))
 
 
 def create_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh, rules=DEFAULT_RULES):
   """Creates a module whose params are born sharded (never materialized on one device).
 
   Returns:
-    (graphdef, state, shardings): the state is an nnx.State of sharded arrays.
+    (graphdef, params, shardings): params is a pure dict of sharded arrays (what
+    `nnx.merge(graphdef, params)` takes), shardings the matching dict of NamedSharding.
   """
-  abstract = nnx.eval_shape(ctor)
-  graphdef, abs_state = nnx.split(abstract)
+  graphdef, abs_state = nnx.split(nnx.eval_shape(ctor))
   shardings = state_shardings(abs_state, mesh, rules)
 
   def init():
-    return nnx.state(ctor())
+    return nnx.to_pure_dict(nnx.state(ctor()))
 
   with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state, shardings
+    params = jax.jit(init, out_shardings=shardings)()
+  return graphdef, params, shardings
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:

@@ -1,0 +1,72 @@
+"""Shared config parts. Config files call `base()` and override fields.
+
+Fields (all runs):
+  seed: every random choice (init, data order, sampling) derives from it.
+  stage: what `main` runs. "lm": LM steps on the corpus, then a sample generation;
+    "generate": load the model and generate for `generate.prompts` only.
+  model.name: a preset shape (dgpo_jax.models.config.PRESETS) for random init, or a
+    pretrained model (a name like smollm2-135m, an HF directory, a .gguf file).
+  model.init: "random" (preset shape) or "pretrained".
+  mesh: device mesh, e.g. "data:-1" or "data:2,fsdp:2,tensor:2" (see docs/sharding.md).
+  sharding_rules: logical axis → mesh axes table.
+"""
+
+import os
+
+import ml_collections
+
+from dgpo_jax.parallel.sharding import DEFAULT_RULES
+
+SHARED_DATA = os.environ.get(
+    "DGPO_SHARED_DATA",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                 "data"))
+WIKI_SAMPLE = os.path.join(SHARED_DATA, "flashrag-sample", "corpus.jsonl")
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stage = "lm"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "tiny-llama"
+  c.model.init = "random"
+  c.model.param_dtype = "float32"  # bfloat16 on accelerators
+  c.model.dtype = "float32"
+  c.model.remat = False
+  # Shape overrides for random init (0 = keep the preset's value).
+  c.model.d_model = 0
+  c.model.n_layers = 0
+  c.model.n_heads = 0
+  c.model.n_kv_heads = 0
+  c.model.d_ff = 0
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.kind = "model"  # "model": the pretrained model's own; "sentencepiece": train one
+  c.tokenizer.vocab_size = 2048
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = WIKI_SAMPLE
+  c.data.seq_len = 128
+  c.data.max_docs = 0  # 0 = all
+
+  c.mesh = "data:-1"
+  c.sharding_rules = DEFAULT_RULES
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100
+  c.train.batch_size = 8
+  c.train.lr = 3e-4
+  c.train.warmup_steps = 10
+  c.train.weight_decay = 0.01
+  c.train.grad_clip = 1.0
+  c.train.log_every = 10
+  c.train.ckpt_every = 50
+  c.train.keep_ckpts = 2
+
+  c.generate = ml_collections.ConfigDict()
+  c.generate.prompts = ("The capital of France is",)
+  c.generate.max_new_tokens = 24
+  c.generate.chat = False
+  return c

@@ -1,0 +1,72 @@
+"""Language-model data: a SentencePiece tokenizer trained on a corpus, packed sequences,
+and a deterministic, resumable batch order.
+
+The batch for step s is a pure function of (seed, s): resuming at step s needs no iterator
+state, and every host can take its own rows of the same global batch.
+"""
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from dgpo_jax.utils.errors import fail
+
+ACTION_TAGS = ("<think>", "</think>", "<search>", "</search>", "<information>",
+               "</information>", "<answer>", "</answer>")
+
+
+def train_sentencepiece(texts: Iterable[str], out_prefix: str, vocab_size: int,
+                        user_symbols: Sequence[str] = ACTION_TAGS) -> str:
+  """Trains a BPE SentencePiece model (ids: pad 0, eos 1, bos 2, unk 3), deterministically.
+
+  The action tags are user-defined symbols, so each is always one token. Written atomically
+  (`<prefix>.model`); returns its path.
+  """
+  import sentencepiece as spm
+  model = out_prefix + ".model"
+  if os.path.isfile(model):
+    return model
+  os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
+  tmp = out_prefix + ".tmp"
+  texts = [t for t in texts if t.strip()]
+  if not texts:
+    fail("train_sentencepiece: no text to train on")
+  spm.SentencePieceTrainer.Train(
+      sentence_iterator=iter(texts), model_prefix=tmp, vocab_size=vocab_size, model_type="bpe",
+      character_coverage=1.0, byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+      user_defined_symbols=list(user_symbols), split_digits=True,
+      input_sentence_size=200000, shuffle_input_sentence=False, num_threads=1,
+      max_sentence_length=1 << 14, minloglevel=2, hard_vocab_limit=False)
+  os.replace(tmp + ".model", model)
+  os.replace(tmp + ".vocab", out_prefix + ".vocab")
+  return model
+
+
+def pack(token_docs: Iterable[Sequence[int]], seq_len: int, eos_id: int) -> np.ndarray:
+  """Concatenates documents (each followed by EOS) into rows of seq_len + 1 tokens.
+
+  Rows overlap by one token so that inputs = row[:-1], targets = row[1:]. The last partial
+  row is dropped.
+  """
+  stream: list[int] = []
+  for doc in token_docs:
+    stream.extend(doc)
+    stream.append(eos_id)
+  n = (len(stream) - 1) // seq_len
+  if n == 0:
+    fail(f"pack: {len(stream)} tokens are not enough for one sequence of {seq_len}")
+  arr = np.asarray(stream[: n * seq_len + 1], np.int32)
+  idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None]
+  return arr[idx]
+
+
+def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Row ids of the global batch for `step`: epochs of seeded permutations, no replacement
+  within an epoch. Depends only on its arguments (resumable)."""
+  per_epoch = num_rows // batch_size
+  if per_epoch == 0:
+    fail(f"batch_size={batch_size} exceeds the {num_rows} packed sequences")
+  epoch, k = divmod(step, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
+  return perm[k * batch_size:(k + 1) * batch_size]

@@ -1,0 +1,46 @@
+"""Training entry point: flags and dispatch only.
+
+  python -m dgpo_jax.main --config=configs/synthetic.py[:variant] --workdir=DIR \
+      [--config.train.steps=50 ...]
+
+Rerunning the same command resumes from the last checkpoint in DIR.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, reports).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+STAGES = ("lm", "generate")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dgpo_jax.utils import cli
+  cli.setup_logging()
+  config = FLAGS.config
+  from dgpo_jax.utils.errors import DgpoError
+  try:
+    if config.stage not in STAGES:
+      raise DgpoError(f"config.stage={config.stage!r}: expected one of {', '.join(STAGES)}")
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=2, default=str)
+    from dgpo_jax.pipeline import lm_stage
+    lm_stage.run(config, FLAGS.workdir)
+  except DgpoError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,225 @@
+"""Batched KV-cache sampling with fixed shapes: prefill, append to a live cache, decode.
+
+The state of a batch between calls is a `SamplerState`: the KV cache, each row's number of
+cached tokens, and each row's next-token logits. Rows are right-padded and carry their own
+positions, so rows of different lengths share one batch without left padding, and new
+tokens (a tool observation) can be appended to some rows and decoding resumed without
+recomputing any prefix.
+
+Shapes are bucketed (powers of two) so a long rollout compiles a handful of programs.
+Decoding runs entirely inside one `lax.while_loop`; a row stops at its first stop sequence
+(matched in token space on the ids it sampled) or at the token budget, and the whole loop
+ends when every row has stopped.
+"""
+
+import dataclasses
+import functools
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dgpo_jax.models.config import ModelConfig
+from dgpo_jax.models.decoder import init_cache
+from dgpo_jax.utils.errors import fail
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """greedy=True takes the argmax; otherwise sample at `temperature` with nucleus `top_p`."""
+  greedy: bool = False
+  temperature: float = 1.0
+  top_p: float = 1.0
+
+
+class SamplerState(NamedTuple):
+  cache: dict  # {"k","v"}: [L, B, S, KV, hd]
+  lengths: jax.Array  # int32 [B]: cached tokens per row
+  last_logits: jax.Array  # float32 [B, V]: logits for each row's next token
+
+
+class DecodeResult(NamedTuple):
+  tokens: np.ndarray  # int32 [B, N]: sampled ids (pad after a row stopped)
+  logprobs: np.ndarray  # float32 [B, N]: log-prob of each sampled id (0 after stop)
+  num_tokens: np.ndarray  # int32 [B]: tokens generated per row (stop sequence included)
+  stop_index: np.ndarray  # int32 [B]: which stop sequence ended the row, -1 if none
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """Smallest power of two ≥ max(n, minimum)."""
+  return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], width: int, pad: int) -> np.ndarray:
+  out = np.full((len(rows), width), pad, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def stop_table(stop_seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Right-aligned stop sequences [n, K] (padded with -1) and their lengths [n]."""
+  seqs = [list(s) for s in stop_seqs if len(s)]
+  if not seqs:
+    return np.full((1, 1), -2, np.int32), np.ones((1,), np.int32)  # matches nothing
+  K = max(len(s) for s in seqs)
+  table = np.full((len(seqs), K), -1, np.int32)
+  for i, s in enumerate(seqs):
+    table[i, K - len(s):] = s
+  return table, np.array([len(s) for s in seqs], np.int32)
+
+
+def sample_logits(logits_bv, rng, sp: SamplingParams):
+  """Sampled ids [B] and their log-probs under the temperature-scaled distribution."""
+  if sp.greedy:
+    tok = jnp.argmax(logits_bv, axis=-1)
+    logp = jax.nn.log_softmax(logits_bv, axis=-1)
+  else:
+    scaled = logits_bv / jnp.float32(sp.temperature)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    masked = scaled
+    if sp.top_p < 1.0:
+      sorted_logp = jnp.sort(logp, axis=-1)[:, ::-1]
+      cum = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
+      # Keep tokens whose preceding mass is < top_p (always keeps the top token).
+      keep_sorted = (cum - jnp.exp(sorted_logp)) < sp.top_p
+      cutoff = jnp.min(jnp.where(keep_sorted, sorted_logp, jnp.inf), axis=-1, keepdims=True)
+      masked = jnp.where(logp >= cutoff, scaled, -jnp.inf)
+    tok = jax.random.categorical(rng, masked, axis=-1)
+  tok = tok.astype(jnp.int32)
+  return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+
+class Sampler:
+  """Generation over a fixed-size cache for one model.
+
+  Args:
+    graphdef, params: the model (`nnx.split` of a Decoder; params a pure dict or State),
+      possibly sharded. `params` may be reassigned between calls (a policy being trained).
+    cache_size: slots per row; prompt + everything appended/generated must fit.
+    pad_id: id used for padding (never attended).
+  """
+
+  def __init__(self, graphdef, params, cache_size: int, pad_id: int = 0):
+    self.graphdef = graphdef
+    self.params = params
+    self.cfg: ModelConfig = nnx.merge(graphdef, params).cfg
+    self.cache_size = cache_size
+    self.pad_id = pad_id
+    self._chunk = jax.jit(self._chunk_impl, donate_argnums=(1,))
+    self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "width"),
+                           donate_argnums=(1,))
+
+  # ---- jitted bodies ----
+  def _chunk_impl(self, params, st: SamplerState, tokens_bt, n_b):
+    model = nnx.merge(self.graphdef, params)
+    T = tokens_bt.shape[1]
+    positions = st.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+    h, cache = model.hidden(tokens_bt, positions, cache=st.cache)
+    last = jnp.take_along_axis(h, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)
+    logits = model.logits(last)[:, 0]
+    has_new = n_b > 0
+    return SamplerState(cache, st.lengths + n_b,
+                        jnp.where(has_new[:, None], logits, st.last_logits))
+
+  def _decode_impl(self, params, st: SamplerState, rng, active_b, max_new, stops_nk, stop_len_n,
+                   *, sp: SamplingParams, width: int):
+    model = nnx.merge(self.graphdef, params)
+    B = active_b.shape[0]
+    K = stops_nk.shape[1]
+    S = self.cache_size
+
+    def cond(c):
+      i, st, active, *_ = c
+      return (i < max_new) & jnp.any(active)
+
+    def body(c):
+      i, st, active, window, toks, logps, n, stop_idx = c
+      tok, logp = sample_logits(st.last_logits, jax.random.fold_in(rng, i), sp)
+      tok = jnp.where(active, tok, self.pad_id)
+      toks = toks.at[:, i].set(tok)
+      logps = logps.at[:, i].set(jnp.where(active, logp, 0.0))
+      window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
+      hit = jnp.all((window[:, None, :] == stops_nk[None]) | (stops_nk[None] == -1), axis=-1)
+      hit = hit & active[:, None]  # [B, n]
+      first = jnp.argmax(hit, axis=-1).astype(jnp.int32)
+      stop_idx = jnp.where(jnp.any(hit, -1) & (stop_idx < 0), first, stop_idx)
+      # Every sampled token is fed back, the stop tokens too: a later append continues
+      # right after them.
+      pos = st.lengths[:, None]  # a full row (length S) writes nowhere: scatter drops it
+      h, cache = model.hidden(tok[:, None], pos, cache=st.cache)
+      logits = model.logits(h)[:, 0]
+      st = SamplerState(cache, st.lengths + active.astype(jnp.int32),
+                        jnp.where(active[:, None], logits, st.last_logits))
+      n = n + active.astype(jnp.int32)
+      active = active & ~jnp.any(hit, -1) & (st.lengths < S)
+      return i + 1, st, active, window, toks, logps, n, stop_idx
+
+    init = (jnp.int32(0), st, active_b, jnp.full((B, K), -1, jnp.int32),
+            jnp.full((B, width), self.pad_id, jnp.int32), jnp.zeros((B, width), jnp.float32),
+            jnp.zeros((B,), jnp.int32), jnp.full((B,), -1, jnp.int32))
+    _, st, _, _, toks, logps, n, stop_idx = jax.lax.while_loop(cond, body, init)
+    return st, toks, logps, n, stop_idx
+
+  # ---- host API ----
+  def new_state(self, batch: int) -> SamplerState:
+    return SamplerState(init_cache(self.cfg, batch, self.cache_size),
+                        jnp.zeros((batch,), jnp.int32),
+                        jnp.zeros((batch, self.cfg.vocab_size), jnp.float32))
+
+  def prefill(self, prompts: Sequence[Sequence[int]]) -> SamplerState:
+    """Starts a batch from token-id prompts (each non-empty)."""
+    if any(len(p) == 0 for p in prompts):
+      fail("prefill: every prompt needs at least one token")
+    return self.append(self.new_state(len(prompts)), prompts)
+
+  def append(self, st: SamplerState, chunks: Sequence[Sequence[int]]) -> SamplerState:
+    """Feeds new tokens to each row (an empty chunk leaves the row as it is).
+
+    Raises:
+      DgpoError: when a row would exceed the cache size.
+    """
+    lengths = np.asarray(st.lengths)
+    n = np.array([len(c) for c in chunks], np.int32)
+    if len(chunks) != lengths.shape[0]:
+      fail(f"append: got {len(chunks)} chunks for a batch of {lengths.shape[0]}")
+    over = np.nonzero(lengths + n > self.cache_size)[0]
+    if over.size:
+      r = int(over[0])
+      fail(f"append: row {r} would hold {int(lengths[r] + n[r])} tokens, cache size is "
+           f"{self.cache_size}")
+    if n.max(initial=0) == 0:
+      return st
+    width = min(bucket(int(n.max())), self.cache_size)
+    tokens = _pad_rows(chunks, width, self.pad_id)
+    return self._chunk(self.params, st, jnp.asarray(tokens), jnp.asarray(n))
+
+  def decode(self, st: SamplerState, max_new_tokens: int, rng, sp: SamplingParams = SamplingParams(),
+             stop_seqs: Sequence[Sequence[int]] = (), active: Optional[np.ndarray] = None):
+    """Decodes up to `max_new_tokens` per active row.
+
+    Returns:
+      (state, DecodeResult) with arrays trimmed to `max_new_tokens` columns.
+    """
+    B = int(st.lengths.shape[0])
+    active = np.ones((B,), bool) if active is None else np.asarray(active, bool)
+    active = active & (np.asarray(st.lengths) < self.cache_size)
+    table, lens = stop_table(stop_seqs)
+    width = bucket(max_new_tokens)
+    st, toks, logps, n, stop_idx = self._decode(
+        self.params, st, rng, jnp.asarray(active), jnp.int32(max_new_tokens),
+        jnp.asarray(table), jnp.asarray(lens), sp=sp, width=width)
+    res = DecodeResult(np.asarray(toks)[:, :max_new_tokens], np.asarray(logps)[:, :max_new_tokens],
+                       np.asarray(n), np.asarray(stop_idx))
+    return st, res
+
+  def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, rng=None,
+               sp: SamplingParams = SamplingParams(greedy=True),
+               stop_seqs: Sequence[Sequence[int]] = ()) -> DecodeResult:
+    """Prefill + decode in one call."""
+    rng = jax.random.key(0) if rng is None else rng
+    st = self.prefill(prompts)
+    _, res = self.decode(st, max_new_tokens, rng, sp, stop_seqs)
+    return res

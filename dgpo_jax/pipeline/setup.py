@@ -1,0 +1,94 @@
+"""Builds what every stage needs from a config: mesh, tokenizer, sharded model."""
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+from flax import nnx
+
+from dgpo_jax.data import corpus as corpus_lib
+from dgpo_jax.data import lm_data
+from dgpo_jax.models import config as model_config
+from dgpo_jax.models import registry
+from dgpo_jax.models.decoder import Decoder
+from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer
+from dgpo_jax.parallel import sharding
+from dgpo_jax.utils.errors import fail
+
+
+@dataclasses.dataclass
+class Built:
+  cfg: model_config.ModelConfig
+  graphdef: object
+  params: dict  # pure dict, sharded
+  shardings: dict  # pure dict of NamedSharding
+  tokenizer: Tokenizer
+  mesh: jax.sharding.Mesh
+
+
+def rules(config):
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+
+
+def corpus_texts(config):
+  """Passages of the configured corpus as text ("title\\ntext"), honouring data.max_docs."""
+  out = []
+  for p in corpus_lib.iter_corpus(config.data.corpus):
+    out.append(p.contents)
+    if config.data.max_docs and len(out) >= config.data.max_docs:
+      break
+  if not out:
+    fail(f"{config.data.corpus}: corpus is empty")
+  return out
+
+
+def build_tokenizer(config, workdir: str, texts=None) -> Optional[Tokenizer]:
+  """A SentencePiece tokenizer trained on the corpus (cached in the workdir), or None when
+  the config uses the pretrained model's own tokenizer."""
+  kind = config.tokenizer.kind
+  if kind == "model":
+    return None
+  if kind != "sentencepiece":
+    fail(f"config.tokenizer.kind={kind!r}: expected 'model' or 'sentencepiece'")
+  prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
+  if not os.path.isfile(prefix + ".model"):
+    texts = texts if texts is not None else corpus_texts(config)
+    if jax.process_index() == 0:
+      print(f"[setup] training SentencePiece ({config.tokenizer.vocab_size} pieces) on "
+            f"{len(texts)} passages", flush=True)
+    lm_data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size)
+  return SentencePieceTokenizer(prefix + ".model", chat_format="plain")
+
+
+def build_model(config, workdir: str, ctor=Decoder) -> Built:
+  """Mesh + tokenizer + model params created (or loaded) directly sharded."""
+  mesh = sharding.make_mesh(config.mesh)
+  rl = rules(config)
+  m = config.model
+  if m.init == "pretrained":
+    lm = registry.load(m.name, param_dtype=m.param_dtype, dtype=m.dtype)
+    cfg = lm.cfg
+    graphdef, abs_state = registry.abstract_state(cfg, lambda c, rngs: ctor(c, rngs=rngs,
+                                                                            remat=m.remat))
+    shardings = sharding.state_shardings(abs_state, mesh, rl)
+    graphdef, params = registry.place_params(
+        cfg, lm.params, shardings, ctor=lambda c, rngs: ctor(c, rngs=rngs, remat=m.remat))
+    tok = build_tokenizer(config, workdir) or lm.tokenizer
+  elif m.init == "random":
+    tok = build_tokenizer(config, workdir)
+    overrides = {k: getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
+                                            "d_ff") if getattr(m, k)}
+    overrides.update(param_dtype=m.param_dtype, dtype=m.dtype)
+    if tok is not None:
+      overrides.update(vocab_size=tok.vocab_size, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
+                       bos_id=tok.bos_id)
+    cfg = model_config.preset(m.name, **overrides)
+    if tok is None:
+      fail("config.model.init='random' needs config.tokenizer.kind='sentencepiece'")
+    graphdef, params, shardings = sharding.create_sharded(
+        lambda: ctor(cfg, rngs=nnx.Rngs(config.seed), remat=m.remat), mesh, rl)
+  else:
+    fail(f"config.model.init={m.init!r}: expected 'random' or 'pretrained'")
+  tok.check_vocab(cfg.vocab_size)
+  return Built(cfg, graphdef, params, shardings, tok, mesh)

@@ -1,0 +1,80 @@
+"""Orbax checkpoints of a train state pytree plus a JSON metadata record.
+
+A checkpoint step directory only becomes visible to `latest_step()` once orbax has
+finalized it (it writes under a temporary name and renames), so a crash mid-save never
+leaves a half-written checkpoint that looks complete. Restoring takes an abstract target
+whose leaves carry shardings, so a state saved on one mesh restores onto another.
+If the newest checkpoint cannot be read it is reported and the previous one is used.
+"""
+
+import os
+import sys
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from dgpo_jax.utils.errors import fail
+
+
+def abstract_like(tree, shardings=None):
+  """ShapeDtypeStructs (with shardings, if given) for restoring `tree`'s structure."""
+  if shardings is None:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints of a (state, meta) pair under `directory`."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self.mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=False),
+        item_names=("state", "meta"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.mngr.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    return self.mngr.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict, force: bool = True):
+    """Saves synchronously (every process must call it; orbax coordinates hosts)."""
+    self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)), force=force)
+    self.mngr.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None):
+    """Restores (step, state, meta), falling back to older steps if the newest is unreadable.
+
+    Args:
+      abstract_state: pytree of jax.ShapeDtypeStruct with the target shardings.
+      step: a specific step; default the newest readable one.
+
+    Returns:
+      (step, state, meta), or None when there is no checkpoint.
+    """
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    errors = []
+    for s in steps:
+      try:
+        out = self.mngr.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        if errors:
+          print(f"[checkpoint] WARNING: newest checkpoint(s) unreadable, restored step {s} "
+                f"instead: {'; '.join(errors)}", file=sys.stderr, flush=True)
+        return s, out["state"], out["meta"]
+      except Exception as e:  # orbax raises many types for corrupted/mismatched files
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+    if errors:
+      fail(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
+    return None
+
+  def close(self):
+    self.mngr.close()

