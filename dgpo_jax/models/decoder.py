@@ -6,10 +6,10 @@ the stacked arrays shard cleanly. Every param carries logical axis names in its 
 metadata; `dgpo_jax.parallel.sharding` maps them to mesh axes.
 
 One forward serves training and sampling. Without a cache, keys are the input chunk
-itself. With a cache, the chunk's keys/values are written at cache slots
-`positions_bt` (per row, so rows of different lengths share one batch) and queries attend
-to every slot at or before their own position, which lets the sampler prefill, decode one
-token, or append a whole observation to a live cache with the same code.
+itself. With a cache, queries attend to the row's cached prefix (slots before the chunk's
+first position) and to the chunk causally; the chunk's keys/values are then written at cache
+slots `positions_bt` (per row, so rows of different lengths share one batch). The same code
+prefills, decodes one token, or appends a whole observation to a live cache.
 """
 
 import math
@@ -22,10 +22,11 @@ from flax import nnx
 
 from dgpo_jax.models.config import ModelConfig
 
-Cache = dict  # {"k": [L, B, S, KV, hd], "v": [L, B, S, KV, hd]}
+# {"k": [L, B, KV, S, hd], "v": same}. Heads before slots: decode attention is then a batched
+# matmul with (batch, kv_head) leading in both operands, ~1.7x faster on CPU than [.., S, KV, ..].
+Cache = dict
 
 _NEG_INF = -1e30
-
 
 def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, init="normal"):
   if init == "normal":
@@ -35,7 +36,6 @@ def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, init="normal"):
   else:
     value = jnp.zeros(shape, jnp.float32)
   return nnx.Param(value.astype(cfg.jnp_param_dtype), axes=axes)
-
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   """RoPE inverse frequencies [head_dim/2], with Llama-3 scaling when configured."""
@@ -54,7 +54,6 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     inv = np.where(medium, smoothed, scaled)
   return inv.astype(np.float32)
 
-
 def apply_rope(x_bthd, positions_bt, inv_freq):
   """Rotates x with HF's half-split layout (rotate_half), in float32."""
   angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
@@ -65,12 +64,10 @@ def apply_rope(x_bthd, positions_bt, inv_freq):
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_bthd.dtype)
 
-
 def rms_norm(x, w, eps):
   xf = x.astype(jnp.float32)
   xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
   return (xf * w.astype(jnp.float32)).astype(x.dtype)
-
 
 class Blocks(nnx.Module):
   """The n_layers decoder blocks, params stacked on a leading `layers` axis."""
@@ -96,12 +93,13 @@ class Blocks(nnx.Module):
   def stacked(self) -> dict:
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
+def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn):
+  """One decoder block; returns (x, (k, v)) with this chunk's rotated keys and values.
 
-def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, kv_fn):
-  """One decoder block; returns (x, kv_state).
-
-  `kv_fn(k, v) -> (keys, values, key_positions, key_valid, kv_state)` decides where the
-  chunk's keys/values go (nowhere, or into the cache) and what the queries attend to.
+  `segments_fn(k, v) -> [(keys, values, key_positions, key_valid), ...]` lists what the
+  queries attend to (the chunk itself, and with a cache also the cached prefix); keys and
+  values are [B, KV, S, hd]. Scores of the segments are softmaxed jointly, so the cache is
+  read in place, never concatenated.
   """
   dt = cfg.jnp_dtype
   B, T, _ = x.shape
@@ -113,22 +111,27 @@ def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, kv_fn):
     q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
   q = apply_rope(q, positions_bt, inv_freq)
   k = apply_rope(k, positions_bt, inv_freq)
-  keys, values, kpos_bs, kvalid_bs, kv_state = kv_fn(k, v)
   G = cfg.n_heads // cfg.n_kv_heads
-  qg = q.reshape(B, T, cfg.n_kv_heads, G, cfg.head_dim)
-  scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys).astype(jnp.float32)
-  scores = scores / math.sqrt(cfg.head_dim)
-  mask = (kpos_bs[:, None, :] <= positions_bt[:, :, None]) & kvalid_bs[:, None, :]
-  scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-  attn = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(B, T, cfg.n_heads, cfg.head_dim)
+  qg = q.reshape(B, T, cfg.n_kv_heads, G, cfg.head_dim).transpose(0, 2, 3, 1, 4)  # [B,KV,G,T,hd]
+  segments = segments_fn(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+  scores = []
+  for keys, _, kpos_bs, kvalid_bs in segments:
+    sc = jnp.einsum("bkgtd,bksd->bkgts", qg, keys).astype(jnp.float32)
+    mask = (kpos_bs[:, None, :] <= positions_bt[:, :, None]) & kvalid_bs[:, None, :]
+    scores.append(jnp.where(mask[:, None, None], sc / math.sqrt(cfg.head_dim), _NEG_INF))
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
+  attn, off = 0, 0
+  for (keys, values, _, _), sc in zip(segments, scores):
+    n = sc.shape[-1]
+    attn = attn + jnp.einsum("bkgts,bksd->bkgtd", probs[..., off:off + n], values)
+    off += n
+  attn = attn.transpose(0, 3, 1, 2, 4).reshape(B, T, cfg.n_heads, cfg.head_dim)
   x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dt))
   h = rms_norm(x, p["mlp_norm"], cfg.rms_eps)
   gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
   up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
   x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
-  return x, kv_state
-
+  return x, (k, v)  # [B, T, KV, hd]
 
 class Decoder(nnx.Module):
   """Causal LM: embedding → stacked blocks → final RMSNorm → LM head."""
@@ -154,9 +157,10 @@ class Decoder(nnx.Module):
       tokens_bt: int token ids [B, T].
       positions_bt: absolute positions [B, T]; default 0..T-1. With a cache these are also
         the cache slots the chunk's keys/values are written to.
-      valid_bt: which input tokens are real (keys of padding are masked out); only used
-        without a cache (with a cache, slots past a query's position are never attended).
-      cache: None for a plain forward, else {"k", "v"} of shape [L, B, S, KV, hd].
+
+      valid_bt: which input tokens are real (keys of padding are masked out). With a cache,
+        padding sits after the real tokens of a chunk, so causality already hides it.
+      cache: None for a plain forward, else {"k", "v"} of shape [L, B, KV, S, hd].
     """
     cfg = self.cfg
     B, T = tokens_bt.shape
@@ -166,40 +170,38 @@ class Decoder(nnx.Module):
     inv_freq = jnp.asarray(rope_inv_freq(cfg))
     x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(cfg.jnp_dtype)
     stacked = self.blocks.stacked()
-    layer_ids = jnp.arange(cfg.n_layers)
 
+    kvalid = jnp.ones((B, T), bool) if valid_bt is None else valid_bt.astype(bool)
+    chunk_segment = lambda k, v: (k, v, positions_bt, kvalid)
     if cache is None:
-      kvalid = jnp.ones((B, T), bool) if valid_bt is None else valid_bt.astype(bool)
 
-      def layer(x, xs):
-        p, _ = xs
-        kv_fn = lambda k, v: (k, v, positions_bt, kvalid, None)
-        return _block(cfg, inv_freq, p, x, positions_bt, kv_fn)[0], None
+      def layer(x, p):
+        return _block(cfg, inv_freq, p, x, positions_bt, lambda k, v: [chunk_segment(k, v)])[0], None
 
       if self.remat:
         layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
-      x, _ = jax.lax.scan(layer, x, (stacked, layer_ids))
+      x, _ = jax.lax.scan(layer, x, stacked)
       new_cache = None
     else:
-      S = cache["k"].shape[2]
+      # The cached prefix of row b is slots [0, positions[b, 0]); the chunk's own keys are
+      # attended directly and written to the cache once, after all layers.
+      S = cache["k"].shape[3]
+      start = positions_bt[:, :1]
+      slots = jnp.arange(S, dtype=jnp.int32)[None]
+      cache_pos = jnp.broadcast_to(slots, (B, S))
+      cache_valid = slots < start
+
+      def layer(x, xs):
+        p, ck, cv = xs
+        segs = lambda k, v: [(ck, cv, cache_pos, cache_valid), chunk_segment(k, v)]
+        return _block(cfg, inv_freq, p, x, positions_bt, segs)
+
+      x, (k_new, v_new) = jax.lax.scan(layer, x, (stacked, cache["k"], cache["v"]))
       bidx = jnp.arange(B)[:, None]
-      kpos = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-      kvalid = jnp.ones((B, S), bool)
-
-      def layer(carry, xs):
-        x, ck, cv = carry
-        p, l = xs
-
-        def kv_fn(k, v):
-          nk = ck.at[l, bidx, positions_bt].set(k.astype(ck.dtype), mode="drop")
-          nv = cv.at[l, bidx, positions_bt].set(v.astype(cv.dtype), mode="drop")
-          return nk[l], nv[l], kpos, kvalid, (nk, nv)
-
-        x, (ck, cv) = _block(cfg, inv_freq, p, x, positions_bt, kv_fn)
-        return (x, ck, cv), None
-
-      (x, ck, cv), _ = jax.lax.scan(layer, (x, cache["k"], cache["v"]), (stacked, layer_ids))
-      new_cache = {"k": ck, "v": cv}
+      # Indexing dims 1 and 3 of [L, B, KV, S, hd] puts the [B, T] index dims first.
+      write = lambda c, new: c.at[:, bidx, :, positions_bt].set(
+          new.transpose(1, 2, 0, 3, 4).astype(c.dtype), mode="drop")
+      new_cache = {"k": write(cache["k"], k_new), "v": write(cache["v"], v_new)}
     return rms_norm(x, self.final_norm[...], cfg.rms_eps), new_cache
 
   def logits(self, hidden_btd):
@@ -212,13 +214,11 @@ class Decoder(nnx.Module):
     h, cache = self.hidden(tokens_bt, positions_bt, valid_bt=valid_bt, cache=cache)
     return self.logits(h), cache
 
-
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> Cache:
   """An empty KV cache with `size` slots per row."""
-  shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
+  shape = (cfg.n_layers, batch, cfg.n_kv_heads, size, cfg.head_dim)
   dt = dtype or cfg.jnp_dtype
   return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
-
 
 class ValueModel(nnx.Module):
   """PPO critic: a decoder trunk with a scalar value head on the final hidden states."""

@@ -35,7 +35,7 @@ class SamplingParams:
 
 
 class SamplerState(NamedTuple):
-  cache: dict  # {"k","v"}: [L, B, S, KV, hd]
+  cache: dict  # {"k","v"}: [L, B, KV, S, hd]
   lengths: jax.Array  # int32 [B]: cached tokens per row
   last_logits: jax.Array  # float32 [B, V]: logits for each row's next token
 

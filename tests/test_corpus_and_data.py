@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from dgpo_jax.data import corpus, lm_data
+from dgpo_jax.models.tokenizer import SentencePieceTokenizer
+from dgpo_jax.utils.errors import DgpoError
+from conftest import WIKI, needs_shared
+
+
+@needs_shared
+def test_reads_the_real_wikipedia_sample():
+  stats = {}
+  ps = list(corpus.iter_corpus(WIKI, stats=stats))
+  assert len(ps) == 1000 and stats == {"read": 1000, "skipped": 0}
+  assert any(p.title == '"Evan Morris"' for p in ps)  # title keeps its quotes
+
+
+def test_malformed_lines_name_file_and_line(tmp_path):
+  f = tmp_path / "c.jsonl"
+  f.write_bytes(b'{"id": "1", "contents": "\\"A\\"\\ntext"}\n{"id": 2}\n\xff\xfe\n')
+  with pytest.raises(DgpoError, match=r"c.jsonl:2: malformed corpus record"):
+    list(corpus.iter_corpus(str(f)))
+  stats = {}
+  assert [p.id for p in corpus.iter_corpus(str(f), skip_bad=True, stats=stats)] == ["1"]
+  assert stats["skipped"] == 2
+
+
+def test_sentencepiece_keeps_action_tags_whole(tmp_path):
+  texts = [f"<think> step {i} </think><search> query {i} </search><answer> x{i} </answer> "
+           "some ordinary words here" for i in range(200)]
+  path = lm_data.train_sentencepiece(texts, str(tmp_path / "spm"), 300)
+  tok = SentencePieceTokenizer(path)
+  for tag in lm_data.ACTION_TAGS:
+    tid = tok.token_to_id(tag)
+    assert tid is not None and tid in tok.encode(tag)  # one piece (after an optional "▁")
+  ids = tok.encode("<search> foo </search>")
+  assert tok.token_to_id("<search>") in ids and tok.token_to_id("</search>") in ids
+  assert tok.decode(ids) == "<search> foo </search>"
+
+
+def test_pack_and_resumable_batch_order():
+  rows = lm_data.pack([[5, 6, 7], [8, 9]], seq_len=3, eos_id=1)
+  assert rows.tolist() == [[5, 6, 7, 1], [1, 8, 9, 1]]
+  a = [lm_data.batch_indices(10, 3, s, seed=4).tolist() for s in range(6)]
+  b = [lm_data.batch_indices(10, 3, s, seed=4).tolist() for s in range(6)]
+  assert a == b
+  assert len(set(sum(a[:3], []))) == 9  # no repeats within an epoch
+  with pytest.raises(DgpoError, match="exceeds"):
+    lm_data.batch_indices(2, 3, 0, 0)
