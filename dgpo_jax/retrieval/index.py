@@ -123,6 +123,24 @@ def build_scann(emb: np.ndarray, k: int, p: dict):
           .reorder(p["reorder"]).build())
 
 
+def load_scann(directory: str):
+  """Loads a serialized ScaNN searcher from wherever its directory now is.
+
+  ScaNN writes absolute asset paths into scann_assets.pbtxt; we point them at `directory`
+  so indexes survive the atomic rename after building and can be moved or copied.
+  """
+  import re
+  from scann import scann_ops_pybind as sop
+  assets = os.path.join(directory, "scann_assets.pbtxt")
+  if not os.path.isfile(assets):
+    fail(f"{directory}: no scann_assets.pbtxt (not a serialized ScaNN searcher)")
+  with open(assets) as f:
+    text = re.sub(r'asset_path: "([^"]*)"',
+                  lambda m: f'asset_path: "{os.path.join(directory, os.path.basename(m.group(1)))}"',
+                  f.read())
+  return sop.ScannSearcher(sop.scann_pybind.ScannNumpy(directory, text), None)
+
+
 def exact_search(emb: np.ndarray, queries: np.ndarray, k: int, block: int = 262_144):
   """Top-k rows by dot product: (rows [Q, k], scores [Q, k]), best first."""
   best_s = np.full((len(queries), 0), -np.inf, np.float32)
@@ -193,7 +211,6 @@ def embed_corpus(corpus: str, encoder, work: str, opts: BuildOptions):
   for off, p in scan_corpus(corpus, opts.skip_bad, stats):
     offsets.append(off)
     texts.append(p.contents)
-    prog.total = len(offsets)
     if len(texts) == opts.shard_size:
       flush()
   if texts:
@@ -211,12 +228,26 @@ def embed_corpus(corpus: str, encoder, work: str, opts: BuildOptions):
 
 def build(corpus: str, out: str, encoder_name: str, encoder=None,
           opts: BuildOptions = BuildOptions()) -> dict:
-  """Builds an index directory; returns its meta dict."""
-  t0 = time.time()
+  """Builds an index directory; returns its meta dict.
+
+  The index appears at `out` only when complete; a failed build removes its temporary
+  directory (embedding shards under `<out>.work/` are kept for the rerun).
+  """
   corpus = os.path.abspath(corpus)
+  if not os.path.isfile(corpus):
+    fail(f"cannot open corpus {corpus}: no such file")
   tmp = out.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
+  try:
+    return _build(corpus, out, tmp, encoder_name, encoder, opts)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _build(corpus, out, tmp, encoder_name, encoder, opts):
+  t0 = time.time()
   meta = {"format": FORMAT, "encoder": encoder_name, "corpus": corpus,
           "corpus_size": os.path.getsize(corpus)}
   if encoder_name == "bm25":

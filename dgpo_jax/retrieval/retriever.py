@@ -97,8 +97,7 @@ class IndexRetriever(Retriever):
         fail(f"{index_dir}: index dim {self.meta['dim']} != encoder dim {encoder.dim}")
       self.encoder = encoder
       if self.kind == "scann":
-        from scann import scann_ops_pybind
-        self.searcher = scann_ops_pybind.load_searcher(os.path.join(index_dir, "scann"))
+        self.searcher = index_lib.load_scann(os.path.join(index_dir, "scann"))
       else:
         self.emb = np.load(os.path.join(index_dir, "embeddings.npy"), mmap_mode="r")
 

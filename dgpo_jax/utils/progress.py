@@ -21,14 +21,19 @@ class Progress:
   def update(self, n: int = 1, extra: str = "", force: bool = False):
     self.count += n
     now = time.time()
-    if not force and now - self.last < self.every_s and self.count < self.total:
+    if not force and now - self.last < self.every_s and (self.total <= 0 or
+                                                          self.count < self.total):
       return
     self.last = now
     done = self.count - self.start_count
     rate = done / max(now - self.t0, 1e-9)
-    left = (self.total - self.count) / rate if rate > 0 else float("inf")
-    eta = f"{left:,.0f}s" if left != float("inf") else "?"
-    print(f"[{self.name}] {self.unit} {self.count}/{self.total}  {rate:,.2f} {self.unit}/s  "
+    if self.total > 0:  # total unknown (streaming) → count and rate only
+      left = (self.total - self.count) / rate if rate > 0 else float("inf")
+      eta = f"{left:,.0f}s" if left != float("inf") else "?"
+      where = f"{self.count}/{self.total}"
+    else:
+      eta, where = "?", f"{self.count}"
+    print(f"[{self.name}] {self.unit} {where}  {rate:,.2f} {self.unit}/s  "
           f"ETA {eta}  {extra}".rstrip(), file=self.stream, flush=True)
 
 
