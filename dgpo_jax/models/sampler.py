@@ -163,6 +163,41 @@ class Sampler:
     _, st, _, _, toks, logps, n, stop_idx = jax.lax.while_loop(cond, body, init)
     return st, toks, logps, n, stop_idx
 
+  # ---- row selection (compaction of finished rows) ----
+  @staticmethod
+  @jax.jit
+  def _take(st: SamplerState, idx):
+    return SamplerState({k: jnp.take(v, idx, axis=1) for k, v in st.cache.items()},
+                        jnp.take(st.lengths, idx), jnp.take(st.last_logits, idx, axis=0))
+
+  @staticmethod
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def _put(st: SamplerState, idx, sub: SamplerState):
+    return SamplerState({k: v.at[:, idx].set(sub.cache[k]) for k, v in st.cache.items()},
+                        st.lengths.at[idx].set(sub.lengths),
+                        st.last_logits.at[idx].set(sub.last_logits))
+
+  def take_rows(self, st: SamplerState, rows: Sequence[int]) -> tuple[SamplerState, np.ndarray]:
+    """A sub-batch of `rows`, padded (by repeating the first row) to a power-of-two size so
+    few shapes compile. Returns (sub state, padded row ids)."""
+    rows = list(rows)
+    size = min(bucket(len(rows), minimum=1), int(st.lengths.shape[0]))
+    idx = np.asarray(rows + [rows[0]] * (size - len(rows)), np.int32)
+    return self._take(st, jnp.asarray(idx)), idx
+
+  def put_rows(self, st: SamplerState, idx: np.ndarray, n_real: int,
+               sub: SamplerState) -> SamplerState:
+    """Writes the first `n_real` rows of a sub-batch back (padding rows are dropped)."""
+    real = jnp.asarray(idx[:n_real])
+    sub = SamplerState({k: v[:, :n_real] for k, v in sub.cache.items()}, sub.lengths[:n_real],
+                       sub.last_logits[:n_real])
+    return self._put(st, real, sub)
+
+  @staticmethod
+  def set_lengths(st: SamplerState, lengths) -> SamplerState:
+    """Rolls rows back to `lengths` cached tokens (slots past it are ignored and overwritten)."""
+    return st._replace(lengths=jnp.asarray(lengths, jnp.int32))
+
   # ---- host API ----
   def new_state(self, batch: int) -> SamplerState:
     return SamplerState(init_cache(self.cfg, batch, self.cache_size),

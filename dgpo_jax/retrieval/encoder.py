@@ -6,7 +6,9 @@ Each named encoder fixes its pooling, normalization and prefixes:
   * `e5-base-v2`, `e5-small-v2` — intfloat E5: mean pooling, normalized, `query: ` / `passage: `
     prefixes, 512 tokens. Not obtainable offline here: pass the HF directory
     (`--encoder_path` or `$DGPO_E5_BASE_V2` / `$DGPO_E5_SMALL_V2`).
-Encoding is jitted per (batch, length bucket); texts are sorted by length so padding is small.
+Encoding is jitted per (batch, length bucket); texts are sorted by length so padding is small,
+and each batch is split over the host's devices (data parallel). Hosts split a corpus by
+shards (`dgpo_jax.retrieval.index.embed_corpus`).
 """
 
 import dataclasses
@@ -224,8 +226,15 @@ class Encoder:
       fail(f"{tok_file}: {self.tok.get_vocab_size()} tokens but the encoder has vocab_size="
            f"{cfg.vocab_size}")
     self.max_len = min(self.spec.max_len, cfg.max_positions)
-    self.batch_size = batch_size
     self.dim = cfg.d_model
+    # Data-parallel over this host's devices: params replicated, batch rows split.
+    devices = jax.local_devices()
+    n_dev = len(devices)
+    self.batch_size = -(-batch_size // n_dev) * n_dev
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    self.params = jax.device_put(self.params, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
     self._fn = jax.jit(self._embed)
 
   def _embed(self, params, ids, mask):
@@ -270,7 +279,8 @@ class Encoder:
       for r, i in enumerate(idx):
         batch[r, :lens[i]] = ids[i]
         mask[r, :lens[i]] = 1
-      emb = np.asarray(self._fn(self.params, jnp.asarray(batch), jnp.asarray(mask)))
+      emb = np.asarray(self._fn(self.params, jax.device_put(batch, self._batch_sharding),
+                                jax.device_put(mask, self._batch_sharding)))
       out[idx] = emb[:len(idx)]
       if prog:
         prog.update(len(idx))

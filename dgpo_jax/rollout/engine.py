@@ -1,0 +1,219 @@
+"""Batched multi-turn agentic rollout: think → search → read → answer.
+
+The turn loop lives on the host; every generation segment is one jitted decode over a live
+KV cache. A turn ends at `</search>`, `</answer>` or EOS, detected in token space on the
+sampled ids (known tokenizations of the tags stop the decode in-jit; a host check on the
+turn's ids catches any other tokenization and rolls the cache back to the tag's last token).
+Sampled ids are kept as they are; nothing the model produced is re-tokenized. Rows that
+searched get their query retrieved (batched across rows) and the observation appended to
+their cache; rows that answered stop; invalid turns get the reference's fixed message. After
+`max_turns` turns the remaining rows get one final turn without search. Finished rows are
+compacted out of the batch, so they cost no compute.
+"""
+
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.tokenizer import Tokenizer
+from dgpo_jax.retrieval.retriever import RetrieverError, format_information
+from dgpo_jax.rollout import text as T
+from dgpo_jax.utils.errors import DgpoError
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  max_turns: int = 4
+  max_turn_tokens: int = 500  # per generation segment (reference: max response per turn)
+  max_obs_tokens: int = 500
+  topk: int = 3
+  max_doc_chars: int = 4000  # retrieved text is untrusted: bounded before tokenization
+  max_query_chars: int = 1024
+
+
+@dataclasses.dataclass
+class Trajectory:
+  """One row of a rollout. `response_*` arrays cover everything after the prompt."""
+  question: str
+  prompt_ids: list
+  response_ids: list = dataclasses.field(default_factory=list)
+  loss_mask: list = dataclasses.field(default_factory=list)  # 1 = model-generated
+  logprobs: list = dataclasses.field(default_factory=list)  # sampler's, 0 where mask is 0
+  turns: list = dataclasses.field(default_factory=list)  # [{kind, start, end, action}]
+  queries: list = dataclasses.field(default_factory=list)
+  doc_ids: list = dataclasses.field(default_factory=list)  # per query
+  doc_titles: list = dataclasses.field(default_factory=list)
+  answer: Optional[str] = None
+  num_searches: int = 0
+  flags: dict = dataclasses.field(default_factory=dict)
+  done: bool = False
+
+  def flag(self, name):
+    self.flags[name] = self.flags.get(name, 0) + 1
+
+
+def tag_token_seqs(tok: Tokenizer, tag: str) -> list:
+  """Token sequences by which a tag can appear after common left contexts."""
+  seqs = set()
+  for ctx in ("", " ", "\n", "x", ".", "\n\n", " x"):
+    base, full = tok.encode(ctx), tok.encode(ctx + tag)
+    if full[:len(base)] == base and len(full) > len(base):
+      seqs.add(tuple(full[len(base):]))
+  return [list(s) for s in seqs]
+
+
+class RolloutEngine:
+  """Runs questions through policy + retriever.
+
+  Args:
+    sampler: a Sampler whose cache fits prompt + every turn and observation.
+    tokenizer: the policy's tokenizer (its chat format wraps the prompt).
+    retriever: anything with `retrieve(queries, topk) -> [[Doc]]`.
+  """
+
+  def __init__(self, sampler: Sampler, tokenizer: Tokenizer, retriever,
+               cfg: RolloutConfig = RolloutConfig()):
+    self.sampler, self.tok, self.retriever, self.cfg = sampler, tokenizer, retriever, cfg
+    eos = [[e] for e in tokenizer.eos_ids]
+    self.answer_stops = tag_token_seqs(tokenizer, "</answer>")
+    self.search_stops = tag_token_seqs(tokenizer, "</search>")
+    self.stops_with_search = self.answer_stops + self.search_stops + eos
+    self.stops_final = self.answer_stops + eos
+    self.eos = set(tokenizer.eos_ids)
+
+  def prompt_ids(self, question: str) -> list:
+    return self.tok.encode(self.tok.apply_chat(T.user_message(question)))
+
+  def observation_ids(self, docs) -> list:
+    """`\\n\\n<information>…</information>\\n\\n` ≤ max_obs_tokens; the documents are cut,
+    never the closing tag, so a long passage cannot leave the block open."""
+    safe = [dataclasses.replace(d, title=T.neutralize(d.title, 300),
+                                text=T.neutralize(d.text, self.cfg.max_doc_chars)) for d in docs]
+    head, tail = self.tok.encode(T.INFO_OPEN), self.tok.encode(T.INFO_CLOSE)
+    body = self.tok.encode(format_information(safe))
+    room = max(0, self.cfg.max_obs_tokens - len(head) - len(tail))
+    return head + body[:room] + tail
+
+  def run(self, questions: Sequence[str], rng, sp: SamplingParams = SamplingParams()
+          ) -> list[Trajectory]:
+    cfg, s = self.cfg, self.sampler
+    trajs = [Trajectory(q, self.prompt_ids(q)) for q in questions]
+    longest = max(len(t.prompt_ids) for t in trajs)
+    need = longest + (cfg.max_turns + 1) * cfg.max_turn_tokens + cfg.max_turns * max(
+        cfg.max_obs_tokens, 128)
+    if need > s.cache_size:
+      raise DgpoError(f"rollout needs a cache of {need} tokens (prompt {longest} + turns), the "
+                      f"sampler has {s.cache_size}; raise it or lower max_turns/max_turn_tokens")
+    st = s.prefill([t.prompt_ids for t in trajs])
+    for turn in range(cfg.max_turns + 1):
+      final = turn == cfg.max_turns
+      live = [i for i, t in enumerate(trajs) if not t.done]
+      if not live:
+        break
+      sub, idx = s.take_rows(st, live)
+      sub, res = s.decode(sub, cfg.max_turn_tokens, jax.random.fold_in(rng, turn), sp,
+                          self.stops_final if final else self.stops_with_search,
+                          active=np.arange(len(idx)) < len(live))
+      lengths = np.asarray(sub.lengths).copy()
+      obs_rows, obs_chunks, queries = [], [], []
+      for r, i in enumerate(live):
+        t = trajs[i]
+        ids = res.tokens[r, :res.num_tokens[r]].tolist()
+        lps = res.logprobs[r, :res.num_tokens[r]].tolist()
+        ids, lps, cut = self._cut_at_tag(ids, lps, final)
+        lengths[r] -= cut
+        start = len(t.response_ids)
+        t.response_ids += ids
+        t.loss_mask += [1] * len(ids)
+        t.logprobs += lps
+        turn_text = self.tok.decode(ids)
+        kind, payload = T.classify_turn(turn_text, search_allowed=not final)
+        if kind == "invalid" and ids and ids[-1] in self.eos:
+          kind = "eos"
+        t.turns.append({"kind": "generate", "start": start, "end": len(t.response_ids),
+                        "action": kind})
+        if res.num_tokens[r] >= cfg.max_turn_tokens and kind == "invalid":
+          t.flag("turn_truncated")
+        if kind == "answer":
+          t.answer, t.done = payload, True
+        elif kind == "eos" or final:
+          t.done = True
+          t.flag("no_answer")
+        elif kind == "search":
+          q = payload
+          if not q:
+            t.flag("empty_query")
+          elif len(q) > cfg.max_query_chars:
+            t.flag("long_query")
+            q = q[:cfg.max_query_chars]
+          obs_rows.append(r)
+          queries.append(q)
+        else:
+          t.flag("invalid_action")
+          obs_rows.append(r)
+          queries.append(None)
+      sub = s.set_lengths(sub, lengths)
+      if obs_rows:
+        chunks = self._observations([trajs[live[r]] for r in obs_rows], queries)
+        room = s.cache_size - lengths
+        full = [[] for _ in range(len(idx))]
+        for r, ch in zip(obs_rows, chunks):
+          t = trajs[live[r]]
+          if len(ch) + cfg.max_turn_tokens > room[r]:
+            t.flag("context_full")
+            t.done = True
+            continue
+          full[r] = ch
+          start = len(t.response_ids)
+          t.response_ids += ch
+          t.loss_mask += [0] * len(ch)
+          t.logprobs += [0.0] * len(ch)
+          t.turns.append({"kind": "observation", "start": start, "end": len(t.response_ids)})
+        sub = s.append(sub, full)
+      st = s.put_rows(st, idx, len(live), sub)
+    for t in trajs:
+      t.done = True
+    return trajs
+
+  def _cut_at_tag(self, ids, lps, final):
+    """Cuts a turn after the first closing tag found in its decoded text (the host-side
+    check for tag tokenizations the in-jit stop list missed). Returns (ids, lps, n_cut)."""
+    tags = ("</answer>",) if final else ("</answer>", "</search>")
+    text = self.tok.decode(ids)
+    first = min((text.find(g) + len(g) for g in tags if g in text), default=-1)
+    if first < 0 or first == len(text):
+      return ids, lps, 0
+    for n in range(1, len(ids) + 1):  # smallest prefix whose text contains the tag
+      if len(self.tok.decode(ids[:n])) >= first:
+        return ids[:n], lps[:n], len(ids) - n
+    return ids, lps, 0
+
+  def _observations(self, trajs, queries):
+    """Observation token chunks for queries (None = invalid action, "" = empty query);
+    retrieval is batched over rows and a failing batch only empties its blocks (flagged)."""
+    chunks = [None] * len(queries)
+    todo = [k for k, q in enumerate(queries) if q]
+    results = {}
+    if todo:
+      try:
+        docs = self.retriever.retrieve([queries[k] for k in todo], self.cfg.topk)
+        results = dict(zip(todo, docs))
+      except (RetrieverError, DgpoError, OSError) as e:
+        for k in todo:
+          trajs[k].flag("retrieval_error")
+          trajs[k].flags["retrieval_error_msg"] = str(e)[:200]
+    for k, q in enumerate(queries):
+      t = trajs[k]
+      if q is None:  # invalid action
+        chunks[k] = self.tok.encode(T.INVALID_ACTION)
+        continue
+      docs = results.get(k, [])  # empty query or failed retrieval: an empty block
+      t.num_searches += 1
+      t.queries.append(q or "")
+      t.doc_ids.append([d.id for d in docs])
+      t.doc_titles.append([d.title for d in docs])
+      chunks[k] = self.observation_ids(docs)
+    return chunks
