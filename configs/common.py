@@ -65,6 +65,23 @@ def base() -> ml_collections.ConfigDict:
   c.train.ckpt_every = 50
   c.train.keep_ckpts = 2
 
+  # The search tool. index="" builds one for data.corpus into the cache on first use;
+  # url="" searches locally, otherwise a Search-R1-compatible server is used.
+  c.retrieval = ml_collections.ConfigDict()
+  c.retrieval.index = ""
+  c.retrieval.encoder = "minilm"
+  c.retrieval.kind = "auto"  # auto | scann | exact (dense), ignored for bm25
+  c.retrieval.url = ""
+  c.retrieval.topk = 3
+
+  # Agentic rollout (reference values).
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.max_turns = 4
+  c.rollout.max_turn_tokens = 500
+  c.rollout.max_obs_tokens = 500
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 1.0
+
   c.generate = ml_collections.ConfigDict()
   c.generate.prompts = ("The capital of France is",)
   c.generate.max_new_tokens = 24

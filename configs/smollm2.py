@@ -8,6 +8,8 @@ Loads the model, runs a few LM steps on the real Wikipedia sample at a small lea
       # ~2 min on 2 CPU cores (one-time GGUF conversion ~10 s, 10 steps of 4 × 256 tokens)
   python -m dgpo_jax.main --config=configs/smollm2.py:generate --workdir=/tmp/dgpo_gen
       # ~15 s: load and generate only
+  python -m dgpo_jax.ask --config=configs/smollm2.py --question="Who was Evan Morris?"
+      # one agentic rollout: MiniLM + ScaNN over the real sample (index built once, ~40 s)
 """
 
 from configs import common
@@ -26,6 +28,8 @@ def get_config(arg: str = ""):
   c.train.warmup_steps = 2
   c.train.log_every = 1
   c.train.ckpt_every = 5
+  c.retrieval.encoder = "minilm"
+  c.retrieval.kind = "scann"
   c.generate.prompts = ("The capital of France is",)
   c.generate.max_new_tokens = 8
   if arg == "generate":

@@ -92,3 +92,30 @@ def build_model(config, workdir: str, ctor=Decoder) -> Built:
     fail(f"config.model.init={m.init!r}: expected 'random' or 'pretrained'")
   tok.check_vocab(cfg.vocab_size)
   return Built(cfg, graphdef, params, shardings, tok, mesh)
+
+
+def build_retriever(config):
+  """The configured search tool: a Search-R1 server, or a local index (built into the cache
+  for `data.corpus` on first use when `retrieval.index` is empty)."""
+  from dgpo_jax.models.registry import cache_dir
+  from dgpo_jax.retrieval import index as index_lib
+  from dgpo_jax.retrieval.retriever import HttpRetriever, IndexRetriever
+  r = config.retrieval
+  if r.url:
+    return HttpRetriever(r.url)
+  path = r.index
+  if not path:
+    corpus = os.path.abspath(config.data.corpus)
+    if not os.path.isfile(corpus):
+      fail(f"config.data.corpus={config.data.corpus}: no such file")
+    tag = f"{os.path.basename(corpus)}-{os.path.getsize(corpus)}-{r.encoder}-{r.kind}"
+    path = os.path.join(cache_dir(), "indexes", tag)
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+      print(f"[setup] building the {r.encoder}/{r.kind} index of {corpus} → {path}", flush=True)
+      encoder = None
+      if r.encoder != "bm25":
+        from dgpo_jax.retrieval.encoder import Encoder
+        encoder = Encoder(r.encoder)
+      index_lib.build(corpus, path, r.encoder, encoder,
+                      index_lib.BuildOptions(kind=r.kind, topk=r.topk))
+  return IndexRetriever(path, encoder_name=r.encoder if r.encoder != "bm25" else None)

@@ -1,0 +1,72 @@
+"""Ask one question and print the agentic trajectory readably.
+
+  python -m dgpo_jax.ask --config=configs/smollm2.py --question="Who was Evan Morris?"
+
+Greedy decoding by default (as the reference validates); --sample uses the config's
+temperature/top_p. Prints each turn (thinking, queries, retrieved titles) and the answer.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_string("question", None, "The question.", required=True)
+flags.DEFINE_string("workdir", "/tmp/dgpo_ask", "Where a trained tokenizer is cached.")
+flags.DEFINE_bool("sample", False, "Sample instead of greedy decoding.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+FLAGS = flags.FLAGS
+
+
+def render(tok, traj) -> str:
+  out = [f"Question: {traj.question}"]
+  q_i = 0
+  for t in traj.turns:
+    seg = tok.decode(traj.response_ids[t["start"]:t["end"]])
+    if t["kind"] == "generate":
+      out.append(f"\n[model · {t['action']}]\n{seg.strip()}")
+    else:
+      if q_i < len(traj.queries) and "<information>" in seg:
+        out.append(f"\n[search] {traj.queries[q_i]!r} →")
+        for i, title in enumerate(traj.doc_titles[q_i]):
+          out.append(f"   {i + 1}. {title}")
+        q_i += 1
+      else:
+        out.append(f"\n[environment]\n{seg.strip()}")
+  out.append(f"\nAnswer: {traj.answer!r}   (searches: {traj.num_searches}, "
+             f"flags: {traj.flags or 'none'})")
+  return "\n".join(out)
+
+
+def main(argv):
+  del argv
+  from dgpo_jax.utils import cli
+  cli.setup_logging()
+  import jax
+
+  from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+  from dgpo_jax.pipeline import setup
+  from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
+  from dgpo_jax.utils.errors import DgpoError
+  c = FLAGS.config
+  try:
+    built = setup.build_model(c, FLAGS.workdir)
+    retriever = setup.build_retriever(c)
+    rc = RolloutConfig(max_turns=c.rollout.max_turns, max_turn_tokens=c.rollout.max_turn_tokens,
+                       max_obs_tokens=c.rollout.max_obs_tokens, topk=c.retrieval.topk)
+    engine = RolloutEngine(None, built.tokenizer, retriever, rc)
+    need = (len(engine.prompt_ids(FLAGS.question)) + (rc.max_turns + 1) * rc.max_turn_tokens
+            + rc.max_turns * max(rc.max_obs_tokens, 128))
+    engine.sampler = Sampler(built.graphdef, built.params, bucket(need), built.tokenizer.pad_id)
+    sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)
+          if FLAGS.sample else SamplingParams(greedy=True))
+    (traj,) = engine.run([FLAGS.question], jax.random.key(FLAGS.seed), sp)
+  except DgpoError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(render(built.tokenizer, traj))
+
+
+if __name__ == "__main__":
+  app.run(main)
