@@ -1,20 +1,48 @@
-"""The embedded default: a tiny random-init Llama-family model, trained from scratch.
+"""The embedded default: the synthetic agentic-RAG world with tiny models, on CPU.
 
-Until the synthetic agentic-RAG world lands (issue 4) this config pretrains a tiny model on
-the real 1,000-passage Wikipedia sample with a SentencePiece tokenizer trained on it (the
-action tags are single tokens), checkpointing and resuming, then samples from it.
+`prepare` generates the world (≈3,000 entities, FlashRAG-format corpus and question files with
+single-hop / bridge / comparison / three-hop families over disjoint entities), trains a
+SentencePiece tokenizer, builds a BM25 index, LM-pretrains a teacher (~5.6× the student) and
+a student on the world's text, SFTs the teacher on oracle demonstrations with real retrieval
+observations, and evaluates both with greedy rollouts on the dev split.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # ~2 min on 2 CPU cores (300 steps, batch 16 × 128 tokens)
+      # see docs/synthetic.md for the measured runtime and EM
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
-      # ~20 s: the end-to-end test's config
+      # < 1 min: a small world and a few steps (the end-to-end test's config)
+  python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
+      # the plain LM stage on the real Wikipedia sample (~70 s)
 """
+
+import ml_collections
 
 from configs import common
 
 
 def get_config(arg: str = ""):
   c = common.base()
+  c.stage = "prepare"
+  c.tokenizer.kind = "sentencepiece"
+  c.tokenizer.vocab_size = 2048
+  c.data.seq_len = 256
+  c.retrieval.encoder = "bm25"
+  c.rollout.max_turns = 4
+  c.rollout.max_turn_tokens = 64
+  c.rollout.max_obs_tokens = 200
+
+  c.world = ml_collections.ConfigDict(dict(n_countries=30, n_cities=250, n_orgs=300,
+                                           n_people=1800, n_works=700))
+  shape = lambda d, l, ff: ml_collections.ConfigDict(dict(d_model=d, n_layers=l, n_heads=4,
+                                                         n_kv_heads=2, d_ff=ff))
+  c.teacher = shape(256, 4, 768)
+  c.student = shape(128, 2, 384)
+  c.prep = ml_collections.ConfigDict(dict(lm_steps=200, lm_lr=2e-3, sft_steps=300, sft_lr=1e-3,
+                                          warmup_steps=20, batch_size=16, sft_examples=3000))
+  c.eval = ml_collections.ConfigDict(dict(num_questions=200, batch_size=64))
+  c.train.log_every = 25
+  c.train.ckpt_every = 100
+
+  # The pre-world LM stage (tiny model pretrained on the real Wikipedia sample).
   c.model.name = "tiny-llama"
   c.model.init = "random"
   c.model.d_model = 128
@@ -22,28 +50,27 @@ def get_config(arg: str = ""):
   c.model.n_heads = 4
   c.model.n_kv_heads = 2
   c.model.d_ff = 384
-  c.tokenizer.kind = "sentencepiece"
-  c.tokenizer.vocab_size = 2048
-  c.data.seq_len = 128
-  c.train.steps = 300
-  c.train.batch_size = 16
-  c.train.lr = 1e-3
-  c.train.warmup_steps = 20
-  c.train.ckpt_every = 100
   c.generate.prompts = ("The capital of France is", "Evan Morris was")
+
   if arg == "smoke":
-    c.model.d_model = 64
-    c.model.n_layers = 2
-    c.model.d_ff = 128
+    c.world.update(n_countries=8, n_cities=30, n_orgs=30, n_people=150, n_works=60)
     c.tokenizer.vocab_size = 512
-    c.data.max_docs = 200
+    c.teacher = shape(64, 2, 128)
+    c.student = shape(32, 1, 64)
+    c.prep.update(lm_steps=6, sft_steps=6, batch_size=4, sft_examples=64, warmup_steps=2)
+    c.eval.update(num_questions=8, batch_size=8)
     c.data.seq_len = 64
-    c.train.steps = 12
-    c.train.batch_size = 8
-    c.train.warmup_steps = 2
-    c.train.log_every = 4
-    c.train.ckpt_every = 6
-    c.generate.max_new_tokens = 8
+    c.train.log_every = 3
+    c.train.ckpt_every = 3
+  elif arg == "lm":
+    c.stage = "lm"
+    c.data.corpus = common.WIKI_SAMPLE
+    c.data.seq_len = 128
+    c.train.steps = 300
+    c.train.batch_size = 16
+    c.train.lr = 1e-3
+    c.train.warmup_steps = 20
+    c.train.log_every = 10
   elif arg:
-    raise ValueError(f"configs/synthetic.py: unknown variant {arg!r} (known: smoke)")
+    raise ValueError(f"configs/synthetic.py: unknown variant {arg!r} (known: smoke, lm)")
   return c

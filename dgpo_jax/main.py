@@ -19,7 +19,7 @@ flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, re
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
-STAGES = ("lm", "generate")
+STAGES = ("prepare", "lm", "generate")
 
 
 def main(argv):
@@ -35,8 +35,12 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=2, default=str)
-    from dgpo_jax.pipeline import lm_stage
-    lm_stage.run(config, FLAGS.workdir)
+    if config.stage == "prepare":
+      from dgpo_jax.pipeline import prepare
+      prepare.run(config, FLAGS.workdir)
+    else:
+      from dgpo_jax.pipeline import lm_stage
+      lm_stage.run(config, FLAGS.workdir)
   except DgpoError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

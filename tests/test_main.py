@@ -12,7 +12,14 @@ import pytest
 from conftest import ROOT, needs_shared
 
 
-def _main(workdir, *extra, config="configs/synthetic.py:smoke"):
+LM_SMOKE = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=12",
+            "--config.train.batch_size=8", "--config.train.warmup_steps=2",
+            "--config.train.log_every=4", "--config.model.d_model=64", "--config.model.n_layers=2",
+            "--config.model.d_ff=128", "--config.tokenizer.vocab_size=512",
+            "--config.generate.max_new_tokens=8")
+
+
+def _main(workdir, *extra, config="configs/synthetic.py:lm"):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   return subprocess.run([sys.executable, "-m", "dgpo_jax.main", f"--config={config}",
                          f"--workdir={workdir}", *extra], capture_output=True, text=True,
@@ -21,16 +28,16 @@ def _main(workdir, *extra, config="configs/synthetic.py:smoke"):
 
 @needs_shared
 def test_smoke_run_and_resume(tmp_path):
-  a = _main(tmp_path / "a")
+  a = _main(tmp_path / "a", *LM_SMOKE, "--config.train.ckpt_every=6")
   assert a.returncode == 0, a.stderr[-3000:]
   full = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
   assert full[-1]["step"] == 12 and full[-1]["loss"] < full[0]["loss"]
   assert (tmp_path / "a" / "samples.txt").is_file()
   # Interrupted run: stop after step 6 (checkpoint), delete nothing, rerun to the end.
-  b = _main(tmp_path / "b", "--config.train.steps=12", "--config.train.ckpt_every=6")
+  b = _main(tmp_path / "b", *LM_SMOKE, "--config.train.ckpt_every=6")
   assert b.returncode == 0
   shutil.rmtree(tmp_path / "b" / "checkpoints" / "lm" / "12")
-  c = _main(tmp_path / "b", "--config.train.ckpt_every=6")
+  c = _main(tmp_path / "b", *LM_SMOKE, "--config.train.ckpt_every=6")
   assert c.returncode == 0, c.stderr[-3000:]
   assert "resumed from step 6" in c.stdout
   resumed = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")][-1]
@@ -39,6 +46,18 @@ def test_smoke_run_and_resume(tmp_path):
   res_a = json.load(open(tmp_path / "a" / "lm_result.json"))["samples"]
   res_b = json.load(open(tmp_path / "b" / "lm_result.json"))["samples"]
   assert res_a == res_b
+
+
+@needs_shared
+def test_synthetic_smoke_prepare_end_to_end(tmp_path):
+  r = _main(tmp_path / "s", config="configs/synthetic.py:smoke")
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.load(open(tmp_path / "s" / "prepare_result.json"))
+  assert {"teacher_dev_em", "student_dev_em", "teacher_sft_loss"} <= set(res)
+  for f in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"):
+    assert (tmp_path / "s" / "world" / f).is_file()
+  again = _main(tmp_path / "s", config="configs/synthetic.py:smoke")  # everything cached
+  assert again.returncode == 0 and "resumed from step 6" in again.stdout
 
 
 def test_misspelt_field_and_bad_stage_are_errors(tmp_path):

@@ -33,12 +33,13 @@ def token_nll(logits_btv, targets_bt):
 def lm_loss(graphdef, params, batch):
   """Mean next-token NLL over positions whose target mask is 1.
 
-  batch: {"tokens": int32 [B, T+1], "mask": int32/bool [B, T+1]} (mask marks real tokens).
+  batch: {"tokens": int32 [B, T+1], "mask": [B, T+1] (real tokens), optional
+  "loss_mask": [B, T+1] (which targets count: e.g. model-generated tokens only in SFT)}.
   """
   model = nnx.merge(graphdef, params)
   inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
   logits, _ = model(inputs, valid_bt=batch["mask"][:, :-1])
-  w = batch["mask"][:, 1:].astype(jnp.float32)
+  w = batch.get("loss_mask", batch["mask"])[:, 1:].astype(jnp.float32)
   nll = token_nll(logits, targets)
   n = jnp.maximum(w.sum(), 1.0)
   return (nll * w).sum() / n, {"tokens": w.sum()}

@@ -1,0 +1,59 @@
+import collections
+import json
+
+import numpy as np
+
+from dgpo_jax.data import synthetic_world as SW
+from dgpo_jax.data.corpus import iter_corpus
+from dgpo_jax.retrieval import index as index_lib
+from dgpo_jax.retrieval.retriever import IndexRetriever
+
+SMALL = dict(n_countries=8, n_cities=40, n_orgs=40, n_people=200, n_works=80)
+
+
+def test_generation_is_seeded_and_files_use_real_formats(tmp_path):
+  a, b = SW.generate(3, **SMALL), SW.generate(3, **SMALL)
+  assert a.passages() == b.passages()
+  assert SW.generate(4, **SMALL).passages() != a.passages()
+  counts = SW.write(a, str(tmp_path), seed=3)
+  ps = list(iter_corpus(str(tmp_path / "corpus.jsonl")))
+  assert len(ps) == counts["passages"] == 8 + 40 + 40 + 200 + 80
+  assert ps[0].title.startswith('"') and ps[0].title.endswith('"')
+  rows = [json.loads(l) for l in open(tmp_path / "test.jsonl")]
+  assert rows and {"id", "question", "golden_answers", "family", "gold_ids"} <= set(rows[0])
+  assert set(q["family"] for q in rows) <= set(SW.FAMILIES)
+
+
+def test_splits_have_disjoint_subjects_and_held_out_text(tmp_path):
+  w = SW.generate(0, **SMALL)
+  SW.write(w, str(tmp_path), seed=0)
+  splits = {s: [json.loads(l) for l in open(tmp_path / f"{s}.jsonl")] for s in
+            ("train", "dev", "test")}
+  subj = {s: {q["subject"].split("/")[0] for q in qs} for s, qs in splits.items()}
+  assert not subj["train"] & subj["dev"] and not subj["train"] & subj["test"]
+  assert not subj["dev"] & subj["test"]
+  fams = collections.Counter(q["family"] for q in splits["train"])
+  assert all(fams[f] > 0 for f in SW.FAMILIES)
+  pretrain = open(tmp_path / "pretrain.txt").read()
+  names = {p[0]: p[1] for p in w.passages()}
+  held = [names[e] for e in subj["test"]]
+  # A held-out subject's own passage ("Name. Name is …") is not in the pretraining text.
+  assert held and not any(f"{n}. {n} is" in pretrain for n in held)
+  kept = [names[e] for e in subj["train"]]
+  assert all(f"{n}. {n} is" in pretrain for n in kept[:50])
+
+
+def test_oracle_reaches_the_answer_and_bm25_finds_gold_passages(tmp_path):
+  w = SW.generate(0, **SMALL)
+  SW.write(w, str(tmp_path), seed=0)
+  index_lib.build(str(tmp_path / "corpus.jsonl"), str(tmp_path / "idx"), "bm25")
+  r = IndexRetriever(str(tmp_path / "idx"))
+  qs = [json.loads(l) for l in open(tmp_path / "train.jsonl")][:200]
+  hits = []
+  for q in qs:
+    steps = SW.oracle_steps(q)
+    assert steps[-1] == ("answer", steps[-1][1], q["golden_answers"][0])
+    for (kind, _, query), gold in zip(steps, q["gold_ids"]):
+      assert kind == "search"
+      hits.append(gold in [d.id for d in r.retrieve([query], 3)[0]])
+  assert np.mean(hits) > 0.9  # searching the oracle's query finds the gold passage
