@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from benchmarks.common import emit
+
 PROMPT_LEN = 128
 NEW_TOKENS = 64
 BATCHES = (1, 8)
@@ -153,11 +155,7 @@ def main():
                     for k in ("prefill_tokens_per_s", "decode_tokens_per_s")} for B in BATCHES}
   else:
     res["transformers_torch"] = "skipped: torch/transformers not importable (see --torch_python)"
-  text = json.dumps(res, indent=2)
-  print(text)
-  if a.out:
-    with open(a.out, "w") as f:
-      f.write(text)
+  emit(res, a.out)
 
 
 if __name__ == "__main__":

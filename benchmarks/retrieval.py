@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from benchmarks.common import emit
+
 from dgpo_jax.retrieval import index as index_lib
 
 WIKI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
@@ -127,11 +129,7 @@ def main():
   if not a.skip_encoder:
     res["encoder"] = bench_encoder(a.torch_python)
   res["scann"] = bench_scann(a.n)
-  text = json.dumps(res, indent=2)
-  print(text)
-  if a.out:
-    with open(a.out, "w") as f:
-      f.write(text)
+  emit(res, a.out)
 
 
 if __name__ == "__main__":

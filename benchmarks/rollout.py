@@ -17,6 +17,8 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.common import emit
+
 from dgpo_jax.models import registry
 from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
 
@@ -69,11 +71,7 @@ def main():
       "tokens_per_s"]
   res["target"] = ">= 2x at 4 turns"
   res["target_met"] = res["ratio_reuse_over_reprefill"] >= 2.0
-  text = json.dumps(res, indent=2)
-  print(text)
-  if a.out:
-    with open(a.out, "w") as f:
-      f.write(text)
+  emit(res, a.out)
 
 
 if __name__ == "__main__":

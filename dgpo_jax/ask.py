@@ -13,7 +13,10 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("question", None, "The question.", required=True)
-flags.DEFINE_string("workdir", "/tmp/dgpo_ask", "Where a trained tokenizer is cached.")
+flags.DEFINE_string("workdir", "/tmp/dgpo_ask",
+                    "Run directory. For configs/synthetic.py: the workdir `main` prepared.")
+flags.DEFINE_string("model", "teacher",
+                    "configs/synthetic.py only: teacher, student, or an HF directory.")
 flags.DEFINE_bool("sample", False, "Sample instead of greedy decoding.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 FLAGS = flags.FLAGS
@@ -51,6 +54,17 @@ def main(argv):
   from dgpo_jax.utils.errors import DgpoError
   c = FLAGS.config
   try:
+    if c.stage == "prepare":  # the synthetic world: models and index live in the workdir
+      import os
+      path = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.join(
+          FLAGS.workdir, "models", FLAGS.model)
+      if not os.path.isdir(path):
+        raise DgpoError(f"{path} does not exist: run `python -m dgpo_jax.main "
+                        f"--config=configs/synthetic.py --workdir={FLAGS.workdir}` first")
+      with c.unlocked():
+        c.model.init, c.model.name, c.tokenizer.kind = "pretrained", path, "model"
+        c.retrieval.index = os.path.join(FLAGS.workdir, "world", "index_bm25")
+        c.retrieval.encoder = "bm25"
     built = setup.build_model(c, FLAGS.workdir)
     retriever = setup.build_retriever(c)
     rc = RolloutConfig(max_turns=c.rollout.max_turns, max_turn_tokens=c.rollout.max_turn_tokens,

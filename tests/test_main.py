@@ -30,7 +30,7 @@ def _main(workdir, *extra, config="configs/synthetic.py:lm"):
 def test_smoke_run_and_resume(tmp_path):
   a = _main(tmp_path / "a", *LM_SMOKE, "--config.train.ckpt_every=6")
   assert a.returncode == 0, a.stderr[-3000:]
-  full = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+  full = [json.loads(l) for l in open(tmp_path / "a" / "metrics_lm.jsonl")]
   assert full[-1]["step"] == 12 and full[-1]["loss"] < full[0]["loss"]
   assert (tmp_path / "a" / "samples.txt").is_file()
   # Interrupted run: stop after step 6 (checkpoint), delete nothing, rerun to the end.
@@ -40,7 +40,7 @@ def test_smoke_run_and_resume(tmp_path):
   c = _main(tmp_path / "b", *LM_SMOKE, "--config.train.ckpt_every=6")
   assert c.returncode == 0, c.stderr[-3000:]
   assert "resumed from step 6" in c.stdout
-  resumed = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")][-1]
+  resumed = [json.loads(l) for l in open(tmp_path / "b" / "metrics_lm.jsonl")][-1]
   assert resumed["step"] == 12
   assert resumed["loss"] == full[-1]["loss"]  # CPU determinism: same numbers after resume
   res_a = json.load(open(tmp_path / "a" / "lm_result.json"))["samples"]
@@ -56,8 +56,15 @@ def test_synthetic_smoke_prepare_end_to_end(tmp_path):
   assert {"teacher_dev_em", "student_dev_em", "teacher_sft_loss"} <= set(res)
   for f in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"):
     assert (tmp_path / "s" / "world" / f).is_file()
+  assert (tmp_path / "s" / "models" / "teacher" / "tokenizer.model").is_file()
   again = _main(tmp_path / "s", config="configs/synthetic.py:smoke")  # everything cached
   assert again.returncode == 0 and "resumed from step 6" in again.stdout
+  q = json.loads(open(tmp_path / "s" / "world" / "dev.jsonl").readline())["question"]
+  ask = subprocess.run([sys.executable, "-m", "dgpo_jax.ask", "--config=configs/synthetic.py:smoke",
+                        f"--workdir={tmp_path / 's'}", f"--question={q}"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+  assert ask.returncode == 0, ask.stderr[-2000:]
+  assert ask.stdout.startswith(f"Question: {q}") and "\nAnswer: " in ask.stdout
 
 
 def test_misspelt_field_and_bad_stage_are_errors(tmp_path):

@@ -9,6 +9,7 @@ run checkpoints and resumes.
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from dgpo_jax.data import lm_data
 from dgpo_jax.data import synthetic_world as SW
 from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models import config as model_config
+from dgpo_jax.models import hf_io
 from dgpo_jax.models.decoder import Decoder
 from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer
@@ -179,6 +181,11 @@ def run(config, workdir):
                       config.seed, _log)
       results["teacher_sft_loss"] = m.get("loss")
     models[which] = (cfg, graphdef, params)
+    if jax.process_index() == 0:  # HF-format copy: loadable by `ask`, `generate`, transformers
+      hf_io.export_hf(os.path.join(workdir, "models", which), cfg, jax.device_get(params),
+                      tokenizer_dir=None, extra_files={})
+      shutil.copy(tok_prefix + ".model", os.path.join(workdir, "models", which,
+                                                      "tokenizer.model"))
   dev = read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]
   for which in ("teacher", "student"):
     cfg, graphdef, params = models[which]
