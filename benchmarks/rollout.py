@@ -3,7 +3,9 @@
     python -m benchmarks.rollout [--model=smollm2-135m] [--batch=4] [--turns=4]
 
 Same model, batch, prompts, turn lengths and observations in one run. Each turn decodes
-`--turn_tokens` tokens per row and then appends a `--obs_tokens` observation. "reuse" appends
+`--turn_tokens` tokens per row and then (except after the last turn) appends a
+`--obs_tokens` observation. Defaults follow the reference's shapes: a ~256-token prompt,
+3 retrieved passages (~450 tokens, under its 500-token cap), 4 turns. "reuse" appends
 the observation to the live cache (what our rollout does); "reprefill" rebuilds the cache from
 the whole context before every turn (what the reference does with HF generate / vLLM without
 prefix caching). Generated tokens per second are compared; compile time is excluded by a
@@ -33,6 +35,8 @@ def run(sampler, prompts, obs, turns, turn_tokens, reuse):
       st = sampler.prefill(ctx)  # rebuild from the full context
     st, res = sampler.decode(st, turn_tokens, jax.random.key(t), greedy)
     generated += int(res.num_tokens.sum())
+    if t == turns - 1:  # the last turn's output is the answer: no observation follows
+      break
     for i in range(len(ctx)):
       ctx[i] += res.tokens[i, :res.num_tokens[i]].tolist() + obs[i]
     if reuse:
@@ -44,11 +48,11 @@ def run(sampler, prompts, obs, turns, turn_tokens, reuse):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--model", default="smollm2-135m")
-  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--turns", type=int, default=4)
-  ap.add_argument("--prompt_tokens", type=int, default=160)
-  ap.add_argument("--turn_tokens", type=int, default=32)
-  ap.add_argument("--obs_tokens", type=int, default=160)
+  ap.add_argument("--prompt_tokens", type=int, default=256)  # reference prompt + template
+  ap.add_argument("--turn_tokens", type=int, default=64)  # a think + search turn
+  ap.add_argument("--obs_tokens", type=int, default=448)  # 3 passages (reference cap: 500)
   ap.add_argument("--out", default=None)
   a = ap.parse_args()
   lm = registry.load(a.model)

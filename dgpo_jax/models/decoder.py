@@ -150,7 +150,7 @@ class Decoder(nnx.Module):
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
   def hidden(self, tokens_bt, positions_bt=None, *, valid_bt=None,
-             cache: Optional[Cache] = None):
+             cache: Optional[Cache] = None, cache_window: Optional[int] = None):
     """Final hidden states [B, T, D] (after the final norm) and the updated cache.
 
     Args:
@@ -161,6 +161,9 @@ class Decoder(nnx.Module):
       valid_bt: which input tokens are real (keys of padding are masked out). With a cache,
         padding sits after the real tokens of a chunk, so causality already hides it.
       cache: None for a plain forward, else {"k", "v"} of shape [L, B, KV, S, hd].
+      cache_window: static bound on the cached prefix: only slots [0, window) are attended
+        (0 skips the cache, as in a prefill). Every row's chunk must start at or before it.
+        Default: the whole cache.
     """
     cfg = self.cfg
     B, T = tokens_bt.shape
@@ -185,15 +188,19 @@ class Decoder(nnx.Module):
     else:
       # The cached prefix of row b is slots [0, positions[b, 0]); the chunk's own keys are
       # attended directly and written to the cache once, after all layers.
-      S = cache["k"].shape[3]
+      W = cache["k"].shape[3] if cache_window is None else min(cache_window, cache["k"].shape[3])
       start = positions_bt[:, :1]
-      slots = jnp.arange(S, dtype=jnp.int32)[None]
-      cache_pos = jnp.broadcast_to(slots, (B, S))
+      slots = jnp.arange(W, dtype=jnp.int32)[None]
+      cache_pos = jnp.broadcast_to(slots, (B, W))
       cache_valid = slots < start
 
       def layer(x, xs):
         p, ck, cv = xs
-        segs = lambda k, v: [(ck, cv, cache_pos, cache_valid), chunk_segment(k, v)]
+        if W == 0:
+          segs = lambda k, v: [chunk_segment(k, v)]
+        else:
+          segs = lambda k, v: [(ck[:, :, :W], cv[:, :, :W], cache_pos, cache_valid),
+                               chunk_segment(k, v)]
         return _block(cfg, inv_freq, p, x, positions_bt, segs)
 
       x, (k_new, v_new) = jax.lax.scan(layer, x, (stacked, cache["k"], cache["v"]))

@@ -52,6 +52,12 @@ def bucket(n: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
+def fine_bucket(n: int, minimum: int = 16) -> int:
+  """Smallest power of two or 1.5× power of two ≥ max(n, minimum): at most 1/3 padding."""
+  b = bucket(n, minimum)
+  return b * 3 // 4 if b >= 32 and b * 3 // 4 >= n else b
+
+
 def _pad_rows(rows: Sequence[Sequence[int]], width: int, pad: int) -> np.ndarray:
   out = np.full((len(rows), width), pad, np.int32)
   for i, r in enumerate(rows):
@@ -108,16 +114,16 @@ class Sampler:
     self.cfg: ModelConfig = nnx.merge(graphdef, params).cfg
     self.cache_size = cache_size
     self.pad_id = pad_id
-    self._chunk = jax.jit(self._chunk_impl, donate_argnums=(1,))
-    self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "width"),
+    self._chunk = jax.jit(self._chunk_impl, static_argnames=("window",), donate_argnums=(1,))
+    self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "width", "attn_window"),
                            donate_argnums=(1,))
 
   # ---- jitted bodies ----
-  def _chunk_impl(self, params, st: SamplerState, tokens_bt, n_b):
+  def _chunk_impl(self, params, st: SamplerState, tokens_bt, n_b, *, window: int):
     model = nnx.merge(self.graphdef, params)
     T = tokens_bt.shape[1]
     positions = st.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
-    h, cache = model.hidden(tokens_bt, positions, cache=st.cache)
+    h, cache = model.hidden(tokens_bt, positions, cache=st.cache, cache_window=window)
     last = jnp.take_along_axis(h, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)
     logits = model.logits(last)[:, 0]
     has_new = n_b > 0
@@ -125,7 +131,7 @@ class Sampler:
                         jnp.where(has_new[:, None], logits, st.last_logits))
 
   def _decode_impl(self, params, st: SamplerState, rng, active_b, max_new, stops_nk, stop_len_n,
-                   *, sp: SamplingParams, width: int):
+                   *, sp: SamplingParams, width: int, attn_window: int):
     model = nnx.merge(self.graphdef, params)
     B = active_b.shape[0]
     K = stops_nk.shape[1]
@@ -149,7 +155,7 @@ class Sampler:
       # Every sampled token is fed back, the stop tokens too: a later append continues
       # right after them.
       pos = st.lengths[:, None]  # a full row (length S) writes nowhere: scatter drops it
-      h, cache = model.hidden(tok[:, None], pos, cache=st.cache)
+      h, cache = model.hidden(tok[:, None], pos, cache=st.cache, cache_window=attn_window)
       logits = model.logits(h)[:, 0]
       st = SamplerState(cache, st.lengths + active.astype(jnp.int32),
                         jnp.where(active[:, None], logits, st.last_logits))
@@ -162,6 +168,11 @@ class Sampler:
             jnp.zeros((B,), jnp.int32), jnp.full((B,), -1, jnp.int32))
     _, st, _, _, toks, logps, n, stop_idx = jax.lax.while_loop(cond, body, init)
     return st, toks, logps, n, stop_idx
+
+  def _window(self, n: int) -> int:
+    """Static attention window over the cache for a call whose rows hold ≤ n tokens: 0 for
+    an empty cache, else a power-of-two bucket (few compiles, most of a big cache skipped)."""
+    return 0 if n <= 0 else min(bucket(n), self.cache_size)
 
   # ---- row selection (compaction of finished rows) ----
   @staticmethod
@@ -227,9 +238,10 @@ class Sampler:
            f"{self.cache_size}")
     if n.max(initial=0) == 0:
       return st
-    width = min(bucket(int(n.max())), self.cache_size)
+    width = min(fine_bucket(int(n.max())), self.cache_size)
     tokens = _pad_rows(chunks, width, self.pad_id)
-    return self._chunk(self.params, st, jnp.asarray(tokens), jnp.asarray(n))
+    return self._chunk(self.params, st, jnp.asarray(tokens), jnp.asarray(n),
+                       window=self._window(int(lengths.max())))
 
   def decode(self, st: SamplerState, max_new_tokens: int, rng, sp: SamplingParams = SamplingParams(),
              stop_seqs: Sequence[Sequence[int]] = (), active: Optional[np.ndarray] = None):
@@ -243,9 +255,11 @@ class Sampler:
     active = active & (np.asarray(st.lengths) < self.cache_size)
     table, lens = stop_table(stop_seqs)
     width = bucket(max_new_tokens)
+    longest = int(np.asarray(st.lengths).max(initial=0))
     st, toks, logps, n, stop_idx = self._decode(
         self.params, st, rng, jnp.asarray(active), jnp.int32(max_new_tokens),
-        jnp.asarray(table), jnp.asarray(lens), sp=sp, width=width)
+        jnp.asarray(table), jnp.asarray(lens), sp=sp, width=width,
+        attn_window=self._window(longest + max_new_tokens))
     res = DecodeResult(np.asarray(toks)[:, :max_new_tokens], np.asarray(logps)[:, :max_new_tokens],
                        np.asarray(n), np.asarray(stop_idx))
     return st, res
