@@ -47,3 +47,16 @@ def test_missing_field_and_bad_values():
     C.from_hf_config({"model_type": "qwen2", "vocab_size": 8, "hidden_size": 8,
                       "num_hidden_layers": 1, "num_attention_heads": 2,
                       "intermediate_size": 8, "rope_scaling": {"type": "yarn"}})
+
+
+def test_chat_templates_render_the_instruct_formats():
+  from dgpo_jax.models.tokenizer import render_chat
+  assert render_chat("qwen2.5", "hi") == (
+      "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+      "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+  assert render_chat("smollm2", "hi").startswith(
+      "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+      "Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>")
+  assert render_chat("plain", "hi") == "hi"
+  with pytest.raises(DgpoError, match="unknown chat format"):
+    render_chat("vicuna", "hi")
