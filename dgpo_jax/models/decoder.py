@@ -23,7 +23,7 @@ from flax import nnx
 from dgpo_jax.models.config import ModelConfig
 
 # {"k": [L, B, KV, S, hd], "v": same}. Heads before slots: decode attention is then a batched
-# matmul with (batch, kv_head) leading in both operands, ~1.7x faster on CPU than [.., S, KV, ..].
+# matmul with (batch, kv_head) leading in both operands, faster on CPU than [.., S, KV, ..].
 Cache = dict
 
 _NEG_INF = -1e30
