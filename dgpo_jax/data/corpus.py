@@ -28,8 +28,9 @@ def split_contents(contents: str) -> tuple[str, str]:
   return title, text
 
 
-def iter_corpus(path: str, skip_bad: bool = False, stats: dict | None = None) -> Iterator[Passage]:
-  """Yields passages from a corpus .jsonl file.
+def iter_records(path: str, skip_bad: bool = False, stats: dict | None = None
+                 ) -> Iterator[tuple[int, int, Passage]]:
+  """Yields (byte offset, line number, passage) for each valid record of a corpus .jsonl.
 
   Args:
     path: the file.
@@ -47,12 +48,13 @@ def iter_corpus(path: str, skip_bad: bool = False, stats: dict | None = None) ->
   except OSError as e:
     fail(f"cannot open corpus {path}: {e.strerror}")
   with fh:
+    offset = 0
     for lineno, raw in enumerate(fh, 1):
+      start, offset = offset, offset + len(raw)
       if not raw.strip():
         continue
       try:
-        line = raw.decode("utf-8")
-        rec = json.loads(line)
+        rec = json.loads(raw.decode("utf-8"))
         if not isinstance(rec, dict):
           raise ValueError("record is not a JSON object")
         pid, contents = rec.get("id"), rec.get("contents")
@@ -62,7 +64,14 @@ def iter_corpus(path: str, skip_bad: bool = False, stats: dict | None = None) ->
         if skip_bad:
           stats["skipped"] += 1
           continue
-        fail(f"{path}:{lineno}: malformed corpus record ({str(e)[:200]})")
+        fail(f"{path}:{lineno}: malformed corpus record ({str(e)[:200]}); "
+             f"use --skip_bad to skip such lines")
       stats["read"] += 1
       title, text = split_contents(contents)
-      yield Passage(str(pid), title, text)
+      yield start, lineno, Passage(str(pid), title, text)
+
+
+def iter_corpus(path: str, skip_bad: bool = False, stats: dict | None = None) -> Iterator[Passage]:
+  """Yields the passages of a corpus .jsonl file (see `iter_records`)."""
+  for _, _, passage in iter_records(path, skip_bad, stats):
+    yield passage

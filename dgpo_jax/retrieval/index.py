@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from dgpo_jax.data.corpus import Passage, split_contents
+from dgpo_jax.data.corpus import Passage, iter_records, split_contents
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import Progress
 
@@ -31,38 +31,16 @@ EXACT_BELOW = 20_000  # auto mode: exact search below this many passages
 # ---------------------------------------------------------------- corpus scanning
 def scan_corpus(path: str, skip_bad: bool = False, stats: Optional[dict] = None
                 ) -> Iterator[tuple[int, Passage]]:
-  """Yields (byte offset, passage); validates records and ids (line numbers in errors)."""
+  """Yields (byte offset, passage) of valid records; also rejects duplicate ids and an
+  empty corpus (line numbers in errors)."""
   stats = stats if stats is not None else {}
   stats.update(read=0, skipped=0)
   seen: dict = {}
-  try:
-    fh = open(path, "rb")
-  except OSError as e:
-    fail(f"cannot open corpus {path}: {e.strerror}")
-  with fh:
-    offset, lineno = 0, 0
-    for raw in fh:
-      lineno += 1
-      start, offset = offset, offset + len(raw)
-      if not raw.strip():
-        continue
-      try:
-        rec = json.loads(raw.decode("utf-8"))
-        if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("contents"), str):
-          raise ValueError("expected an object with 'id' and 'contents' (string)")
-      except (UnicodeDecodeError, ValueError) as e:
-        if skip_bad:
-          stats["skipped"] += 1
-          continue
-        fail(f"{path}:{lineno}: malformed corpus record ({str(e)[:200]}); "
-             f"use --skip_bad to skip such lines")
-      pid = str(rec["id"])
-      if pid in seen:
-        fail(f"{path}:{lineno}: duplicate passage id {pid!r} (first at line {seen[pid]})")
-      seen[pid] = lineno
-      stats["read"] += 1
-      title, text = split_contents(rec["contents"])
-      yield start, Passage(pid, title, text)
+  for start, lineno, p in iter_records(path, skip_bad, stats):
+    if p.id in seen:
+      fail(f"{path}:{lineno}: duplicate passage id {p.id!r} (first at line {seen[p.id]})")
+    seen[p.id] = lineno
+    yield start, p
   if stats["read"] == 0:
     fail(f"{path}: corpus is empty (no valid passages)")
 
