@@ -82,6 +82,63 @@ def base() -> ml_collections.ConfigDict:
   c.rollout.temperature = 1.0
   c.rollout.top_p = 1.0
 
+  # DGPO training (stage "train"): method, ablation and their pieces (reference values).
+  c.method = "dgpo"  # dgpo | ppo | sft_ppo | kd | distillm | taid | gkd | grpo
+  c.ablation = ""  # no_cold_start | uniform_kl | no_teacher_guidance | inverted | kd_with_incorrect_tgo
+
+  c.tgo = ml_collections.ConfigDict()
+  c.tgo.num_questions = 1000  # training questions the teacher answers
+  c.tgo.temperature = 1.0  # 0 = greedy
+  c.tgo.keep_incorrect = False
+
+  c.kd = ml_collections.ConfigDict()
+  c.kd.lam = 1.0  # L = CE + λ·KL(π_t ‖ π_s)
+  c.kd.epochs = 5
+  c.kd.batch_size = 16
+  c.kd.lr = 1e-5
+  c.kd.warmup_steps = 10
+  c.kd.em_threshold = 0.0  # switch to RL once validation EM reaches it (0 = after the epochs)
+  c.kd.skew_alpha = 0.1  # DistiLLM
+  c.kd.jsd_beta = 0.5  # GKD
+
+  c.ppo = ml_collections.ConfigDict()
+  c.ppo.steps = 1000
+  c.ppo.questions_per_step = 512
+  c.ppo.group_size = 5  # GRPO samples per question
+  c.ppo.mini_batch = 256
+  c.ppo.micro_batches = 2
+  c.ppo.epochs = 1
+  c.ppo.actor_lr = 1e-6
+  c.ppo.actor_warmup_ratio = 0.285
+  c.ppo.critic_lr = 1e-5
+  c.ppo.critic_warmup_ratio = 0.015
+  c.ppo.grad_clip = 1.0
+  c.ppo.clip = 0.2
+  c.ppo.vf_clip = 0.5
+  c.ppo.ent_coef = 0.001
+  c.ppo.gamma = 1.0
+  c.ppo.lam = 1.0
+  c.ppo.beta = 0.001
+  c.ppo.kl_estimator = "k1"  # k1 (reference code) | k3 | full
+  c.ppo.kl_rows = "wrong"  # DGPO's selective KL; the plan overrides it for baselines
+  c.ppo.advantage = "gae"
+  c.ppo.temperature = 1.0
+  c.ppo.top_p = 1.0
+  c.ppo.val_every = 200
+  c.ppo.max_bad_steps = 3
+
+  # The fused KL kernel: "jnp" (chunked, any backend), "pallas" (GPU), "naive" (reference).
+  c.kernel = ml_collections.ConfigDict()
+  c.kernel.impl = "jnp"
+  c.kernel.chunk = 8192
+  c.kernel.block = 1024
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_questions = 1000  # test questions
+  c.eval.val_questions = 200  # dev questions for KD validation
+  c.eval.rl_val_questions = 200
+  c.eval.batch_size = 64
+
   c.generate = ml_collections.ConfigDict()
   c.generate.prompts = ("The capital of France is",)
   c.generate.max_new_tokens = 24

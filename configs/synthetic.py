@@ -21,7 +21,7 @@ from configs import common
 
 def get_config(arg: str = ""):
   c = common.base()
-  c.stage = "prepare"
+  c.stage = "train"
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 2048
   c.data.seq_len = 256
@@ -38,9 +38,14 @@ def get_config(arg: str = ""):
   c.student = shape(128, 2, 384)
   c.prep = ml_collections.ConfigDict(dict(lm_steps=200, lm_lr=2e-3, sft_steps=300, sft_lr=1e-3,
                                           warmup_steps=20, batch_size=16, sft_examples=3000))
-  c.eval = ml_collections.ConfigDict(dict(num_questions=200, batch_size=64))
+  c.eval.update(num_questions=200, val_questions=100, rl_val_questions=60, batch_size=64)
   c.train.log_every = 25
   c.train.ckpt_every = 100
+  c.tgo.update(num_questions=400, temperature=1.0)
+  c.kd.update(epochs=3, batch_size=16, lr=1e-3, warmup_steps=10)
+  c.ppo.update(steps=30, questions_per_step=32, group_size=4, mini_batch=16, micro_batches=1,
+               actor_lr=2e-5, critic_lr=1e-4, val_every=10)
+  c.kernel.update(chunk=2048, block=1024)
 
   # The pre-world LM stage (tiny model pretrained on the real Wikipedia sample).
   c.model.name = "tiny-llama"
@@ -58,10 +63,14 @@ def get_config(arg: str = ""):
     c.teacher = shape(64, 2, 128)
     c.student = shape(32, 1, 64)
     c.prep.update(lm_steps=6, sft_steps=6, batch_size=4, sft_examples=64, warmup_steps=2)
-    c.eval.update(num_questions=8, batch_size=8)
+    c.eval.update(num_questions=8, val_questions=8, rl_val_questions=8, batch_size=8)
     c.data.seq_len = 64
     c.train.log_every = 3
     c.train.ckpt_every = 3
+    c.tgo.update(num_questions=16, keep_incorrect=True)  # the tiny smoke teacher is rarely right
+    c.kd.update(epochs=2, batch_size=4)
+    c.ppo.update(steps=2, questions_per_step=4, group_size=2, mini_batch=4, val_every=2)
+    c.kernel.update(chunk=256, block=64)
   elif arg == "lm":
     c.stage = "lm"
     c.data.corpus = common.WIKI_SAMPLE

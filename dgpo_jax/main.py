@@ -19,7 +19,7 @@ flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, re
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
-STAGES = ("prepare", "lm", "generate")
+STAGES = ("train", "prepare", "lm", "generate")
 
 
 def main(argv):
@@ -35,7 +35,10 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=2, default=str)
-    if config.stage == "prepare":
+    if config.stage == "train":
+      from dgpo_jax.pipeline import train
+      train.run(config, FLAGS.workdir)
+    elif config.stage == "prepare":
       from dgpo_jax.pipeline import prepare
       prepare.run(config, FLAGS.workdir)
     else:

@@ -5,6 +5,7 @@ The batch for step s is a pure function of (seed, s): resuming at step s needs n
 state, and every host can take its own rows of the same global batch.
 """
 
+import functools
 import os
 from typing import Iterable, Sequence
 
@@ -70,3 +71,38 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.nd
   epoch, k = divmod(step, per_epoch)
   perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
   return perm[k * batch_size:(k + 1) * batch_size]
+
+
+def length_grouped_batch(lengths: Sequence[int], batch_size: int, step: int, seed: int,
+                         multiple: int = 64, group: int = 32) -> tuple[np.ndarray, int]:
+  """(row ids, width) of the batch for `step`, with rows of similar length batched together.
+
+  Each epoch is a seeded permutation cut into groups of `group` batches; each group is sorted
+  by length and cut into batches, and the batch order is shuffled. The width is the longest
+  row of the batch rounded up to `multiple` (few distinct shapes, little padding). Like
+  `batch_indices`, a pure function of its arguments (resumable).
+  """
+  lengths = np.asarray(lengths, np.int64)
+  n = len(lengths)
+  per_epoch = n // batch_size
+  if per_epoch == 0:
+    fail(f"batch_size={batch_size} exceeds the {n} rows")
+  epoch, k = divmod(step, per_epoch)
+  order = _grouped_order(lengths.tobytes(), n, batch_size, epoch, seed, group)
+  idx = order[k]
+  width = max(multiple, -(-int(lengths[idx].max()) // multiple) * multiple)
+  return idx, width
+
+
+@functools.lru_cache(maxsize=4)
+def _grouped_order(lengths_bytes, n, batch_size, epoch, seed, group):
+  lengths = np.frombuffer(lengths_bytes, dtype=np.int64)[:n]
+  rng = np.random.default_rng([seed, epoch, 17])
+  perm = rng.permutation(n)[: (n // batch_size) * batch_size]
+  batches = []
+  span = group * batch_size
+  for s in range(0, len(perm), span):
+    part = perm[s:s + span]
+    part = part[np.argsort(lengths[part], kind="stable")]
+    batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+  return [batches[i] for i in rng.permutation(len(batches))]

@@ -170,9 +170,11 @@ def run(config, workdir):
     if which == "teacher":
       tokens, valid, loss = sft
 
+      lengths = valid.sum(1)
+
       def sft_batch(s):
-        idx = lm_data.batch_indices(len(tokens), B, s, config.seed + 7)
-        return {"tokens": tokens[idx], "mask": valid[idx], "loss_mask": loss[idx]}
+        idx, w = lm_data.length_grouped_batch(lengths, B, s, config.seed + 7)
+        return {"tokens": tokens[idx, :w], "mask": valid[idx, :w], "loss_mask": loss[idx, :w]}
 
       fc = FitConfig(steps=config.prep.sft_steps, lr=config.prep.sft_lr,
                      warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,
@@ -180,18 +182,25 @@ def run(config, workdir):
       params, m = fit("teacher_sft", workdir, graphdef, params, shardings, mesh, sft_batch, fc,
                       config.seed, _log)
       results["teacher_sft_loss"] = m.get("loss")
-    models[which] = (cfg, graphdef, params)
-    if jax.process_index() == 0:  # HF-format copy: loadable by `ask`, `generate`, transformers
+    models[which] = (cfg, graphdef, params, shardings)
+    if jax.process_index() == 0 and not os.path.isfile(
+        os.path.join(workdir, "models", which, "tokenizer.model")):  # HF-format copy: loadable by `ask`, `generate`, transformers
       hf_io.export_hf(os.path.join(workdir, "models", which), cfg, jax.device_get(params),
                       tokenizer_dir=None, extra_files={})
       shutil.copy(tok_prefix + ".model", os.path.join(workdir, "models", which,
                                                       "tokenizer.model"))
+  done_f = os.path.join(workdir, "prepare_result.json")
+  if os.path.isfile(done_f):  # a finished preparation: its evaluation is not repeated
+    with open(done_f) as f:
+      return json.load(f), models, tok, retriever
   dev = read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]
   for which in ("teacher", "student"):
-    cfg, graphdef, params = models[which]
+    cfg, graphdef, params, _ = models[which]
     summary, trajs = evaluate(cfg, graphdef, params, tok, retriever, config, dev)
     results[f"{which}_dev_em"] = summary
     _log(f"[prepare] {which} dev EM: {summary}")
-  with open(os.path.join(workdir, "prepare_result.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  if jax.process_index() == 0:
+    with open(done_f + ".tmp", "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(done_f + ".tmp", done_f)
   return results, models, tok, retriever

@@ -30,12 +30,13 @@ def token_nll(logits_btv, targets_bt):
   return logz - tgt
 
 
-def lm_loss(graphdef, params, batch):
+def lm_loss(graphdef, params, batch, frozen=None):
   """Mean next-token NLL over positions whose target mask is 1.
 
   batch: {"tokens": int32 [B, T+1], "mask": [B, T+1] (real tokens), optional
   "loss_mask": [B, T+1] (which targets count: e.g. model-generated tokens only in SFT)}.
   """
+  del frozen
   model = nnx.merge(graphdef, params)
   inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
   logits, _ = model(inputs, valid_bt=batch["mask"][:, :-1])
@@ -59,18 +60,37 @@ def state_shardings(tx: optax.GradientTransformation, state_shape: dict,
   return {"params": param_shardings, "opt_state": opt_sh, "step": rep}
 
 
-def make_update(graphdef, tx, state_sh, batch_sh, loss_fn: Callable = lm_loss):
-  """The jitted LM update `(state, batch, rng) -> (state, metrics)`."""
+def keep_if_finite(new_state, old_state, probe):
+  """(state, skipped): the new state when `probe` (e.g. loss + grad norm) is finite, else the
+  old one with only the step advanced, so a NaN/Inf batch is skipped instead of poisoning
+  the params."""
+  ok = jnp.isfinite(probe)
+  kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, old_state)
+  kept["step"] = new_state["step"]
+  return kept, 1.0 - ok.astype(jnp.float32)
 
-  def update(state, batch, rng):
+
+def make_update(graphdef, tx, state_sh, batch_sh, loss_fn: Callable = lm_loss,
+                frozen_sh=None):
+  """The jitted update `(state, batch, rng, frozen) -> (state, metrics)`.
+
+  `loss_fn(graphdef, params, batch, frozen) -> (loss, aux)`; `frozen` carries params that
+  are read but not trained (the teacher in distillation), passed in with `frozen_sh`
+  shardings, never differentiated nor donated.
+  """
+
+  def update(state, batch, rng, frozen=None):
     del rng  # deterministic objective; kept for the common update signature
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(graphdef, p, batch), has_aux=True)(state["params"])
+        lambda p: loss_fn(graphdef, p, batch, frozen), has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params), **aux}
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    gnorm = optax.tree.norm(grads)
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    new, skipped = keep_if_finite(new, state, loss + gnorm)
+    metrics = {"loss": loss, "grad_norm": gnorm, "param_norm": optax.tree.norm(new["params"]),
+               "skipped": skipped, **aux}
+    return new, metrics
 
-  return jax.jit(update, in_shardings=(state_sh, batch_sh, None),
+  return jax.jit(update, in_shardings=(state_sh, batch_sh, None, frozen_sh),
                  out_shardings=(state_sh, None), donate_argnums=(0,))

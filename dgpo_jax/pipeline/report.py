@@ -1,0 +1,78 @@
+"""`report.md` for a training run: config, data, results tables, KD validation history and
+sample trajectories (one correct, one wrong) rendered readably."""
+
+import json
+import os
+
+from dgpo_jax.eval.metrics import exact_match
+
+FAMILIES = ("single_hop", "bridge", "comparison", "three_hop")
+
+
+def render_trajectory(t, tok) -> str:
+  """A trajectory as text: each generated turn and observation, marked."""
+  lines = [f"Q: {t.question}"]
+  for turn in t.turns:
+    text = tok.decode(t.response_ids[turn["start"]:turn["end"]]).strip()
+    if turn["kind"] == "observation":
+      text = text.replace("\n", " ")
+      lines.append(f"  [env] {text[:400]}{' …' if len(text) > 400 else ''}")
+    else:
+      lines.append(f"  [model] {text}")
+  lines.append(f"  answer: {t.answer!r}; searches: {t.num_searches}; flags: {t.flags or '-'}")
+  return "\n".join(lines)
+
+
+def sample_trajectories(trajs, questions, tok) -> dict:
+  """{"correct": text | None, "wrong": text | None}: the first of each kind."""
+  out = {"correct": None, "wrong": None}
+  for t, q in zip(trajs, questions):
+    key = "correct" if exact_match(t.answer, q["golden_answers"]) else "wrong"
+    if out[key] is None:
+      out[key] = render_trajectory(t, tok) + f"\n  gold: {q['golden_answers']}"
+  return out
+
+
+def em_table(rows: dict) -> str:
+  """Markdown table: one row per model, EM per question family and the average."""
+  fams = [f for f in FAMILIES if any(f in r for r in rows.values())]
+  head = "| model | " + " | ".join(fams) + " | avg | searches/q |\n"
+  head += "|---" * (len(fams) + 3) + "|\n"
+  body = ""
+  for name, r in rows.items():
+    cells = [f"{r[f]:.3f}" if f in r else "-" for f in fams]
+    body += (f"| {name} | " + " | ".join(cells) + f" | **{r['avg']:.3f}** | "
+             f"{r.get('searches_per_question', float('nan')):.2f} |\n")
+  return head + body
+
+
+def write(workdir, config, results, history, samples):
+  parts = [f"# dgpo-jax run: method `{results['method']}`"
+           + (f", ablation `{results['ablation']}`" if results["ablation"] else "")
+           + f", seed {results['seed']}\n",
+           f"Plan: {' → '.join(results['plan'])}. Workdir: `{workdir}`.\n",
+           "\n## Test EM (greedy)\n\n", em_table(results["test"])]
+  if history.get("kd"):
+    parts.append("\n## KD validation (dev EM per epoch)\n\n")
+    parts.append("| epoch | step | EM | loss |\n|---|---|---|---|\n" + "".join(
+        f"| {h['epoch']} | {h['step']} | {h['avg']:.3f} | {h.get('loss', float('nan')):.4f} |\n"
+        for h in history["kd"]))
+  rl_metrics = os.path.join(workdir, "metrics_rl.jsonl")
+  if os.path.isfile(rl_metrics):
+    rows = [json.loads(l) for l in open(rl_metrics) if l.strip()]
+    parts.append("\n## RL (first and last steps)\n\n")
+    keys = [k for k in ("em", "kl", "entropy", "clip_frac", "vf_loss", "explained_var",
+                        "searches_per_question", "response_tokens", "tokens_per_s")
+            if k in rows[-1]]
+    parts.append("| step | " + " | ".join(keys) + " |\n" + "|---" * (len(keys) + 1) + "|\n")
+    for r in (rows[:1] + rows[-1:]) if len(rows) > 1 else rows:
+      parts.append(f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4g}"
+                                                   for k in keys) + " |\n")
+  for label, s in samples.items():
+    for kind in ("correct", "wrong"):
+      if s.get(kind):
+        parts.append(f"\n## Sample trajectory: {label}, {kind}\n\n```\n{s[kind]}\n```\n")
+  parts.append("\n## Config\n\n```json\n" + json.dumps(config.to_dict(), indent=1, default=str)
+               + "\n```\n")
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("".join(p if p.endswith("\n") else p + "\n" for p in parts))

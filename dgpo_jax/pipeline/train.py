@@ -1,0 +1,237 @@
+"""Stage "train": preparation → [TGO → KD] → [on-policy RL] → test evaluation → results.
+
+`config.method` (plus `config.ablation`) picks the plan; every piece is a config switch over
+the same stages, not a copy of the trainer:
+
+  dgpo      TGO (correct only) → KD (CE + λ·KL) → PPO, reward −β·KL(π_θ‖π_teacher) on wrong rows
+  ppo       PPO from the base student, reference-model KL on every row (Search-R1)
+  sft_ppo   TGO → SFT (CE only) → PPO with reference KL
+  kd        TGO → KD (CE + λ·KL), no RL (Hinton)
+  distillm  TGO → skew forward KL;   taid: TGO → TAID;   gkd: on-policy JSD on student samples
+  grpo      group-normalized outcome advantages, no critic, reference KL
+
+Ablations (of dgpo): no_cold_start (no KD), uniform_kl (teacher KL on every row),
+no_teacher_guidance (plain PPO after KD: no teacher KL), inverted (PPO first, then KD),
+kd_with_incorrect_tgo (KD also on the teacher's wrong trajectories).
+
+Products: `tgo/`, `checkpoints/{kd,rl}`, `eval/*.json`, `results.json`, `report.md`.
+Every stage resumes from what the workdir holds.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from dgpo_jax.data import lm_data
+from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.parallel import sharding
+from dgpo_jax.pipeline import prepare, report
+from dgpo_jax.pipeline.rl_stage import Model, run_rl
+from dgpo_jax.rl import batch as B
+from dgpo_jax.rl import distill
+from dgpo_jax.rollout.engine import RolloutEngine
+from dgpo_jax.train.loop import FitConfig, fit
+from dgpo_jax.utils.errors import fail
+
+METHODS = ("dgpo", "ppo", "sft_ppo", "kd", "distillm", "taid", "gkd", "grpo")
+ABLATIONS = ("", "no_cold_start", "uniform_kl", "no_teacher_guidance", "inverted",
+             "kd_with_incorrect_tgo")
+KD_LOSS = {"dgpo": "ce_fkl", "sft_ppo": "ce_fkl", "kd": "ce_fkl", "distillm": "skew_fkl",
+           "taid": "taid"}
+
+
+def plan(config) -> list:
+  """The method's stages as [(kind, options)], validated before any work starts."""
+  m, a = config.method, config.ablation
+  if m not in METHODS:
+    fail(f"config.method={m!r}: expected one of {', '.join(METHODS)}")
+  if a not in ABLATIONS:
+    fail(f"config.ablation={a!r}: expected one of {', '.join(x for x in ABLATIONS if x)}")
+  if a and m != "dgpo":
+    fail(f"config.ablation={a!r} is an ablation of dgpo; config.method is {m!r}")
+  if config.kd.lam < 0 or config.ppo.beta < 0:
+    fail("kd.lam and ppo.beta must be ≥ 0")
+  lam = 0.0 if m == "sft_ppo" else config.kd.lam
+  kd = ("kd", dict(loss=KD_LOSS.get(m, "ce_fkl"), lam=lam))
+  teacher_rl = ("rl", dict(kl_target="teacher", kl_rows=config.ppo.kl_rows))
+  ref_rl = ("rl", dict(kl_target="reference", kl_rows="all"))
+  if m == "dgpo":
+    if a == "no_cold_start":
+      return [teacher_rl]
+    if a == "uniform_kl":
+      return [("tgo", {}), kd, ("rl", dict(kl_target="teacher", kl_rows="all"))]
+    if a == "no_teacher_guidance":
+      return [("tgo", {}), kd, ("rl", dict(kl_target="teacher", kl_rows="none"))]
+    if a == "inverted":
+      return [ref_rl, ("tgo", {}), kd]
+    return [("tgo", {}), kd, teacher_rl]
+  if m in ("kd", "distillm", "taid"):
+    return [("tgo", {}), kd]
+  if m == "sft_ppo":
+    return [("tgo", {}), kd, ref_rl]
+  if m == "ppo":
+    return [ref_rl]
+  if m == "grpo":
+    return [("rl", dict(kl_target="reference", kl_rows="all", advantage="grpo"))]
+  return [("gkd", {})]
+
+
+def _log(msg):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _write_json(path, obj):
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_q):
+  """TGO: the teacher's rollouts on training questions, correct ones kept (or all, for the
+  ablation). Cached in `workdir/tgo/`."""
+  keep_all = config.tgo.keep_incorrect or config.ablation == "kd_with_incorrect_tgo"
+  out = os.path.join(workdir, "tgo", f"tgo_{'all' if keep_all else 'correct'}.npz")
+  if os.path.isfile(out):
+    z = np.load(out)
+    return {k: z[k] for k in z.files}
+  qs = train_q[:config.tgo.num_questions]
+  rc = prepare.rollout_config(config)
+  engine = RolloutEngine(None, tok, retriever, rc)
+  longest = max(len(engine.prompt_ids(q["question"])) for q in qs)
+  engine.sampler = Sampler(teacher.graphdef, teacher.params, bucket(
+      longest + 32 + (rc.max_turns + 1) * rc.max_turn_tokens
+      + rc.max_turns * max(rc.max_obs_tokens, 128)), tok.pad_id)
+  sp = SamplingParams(greedy=config.tgo.temperature == 0, temperature=max(
+      config.tgo.temperature, 1e-6))
+  trajs = []
+  bs = config.eval.batch_size
+  for s in range(0, len(qs), bs):
+    trajs += engine.run([q["question"] for q in qs[s:s + bs]],
+                        jax.random.fold_in(jax.random.key(config.seed + 31), s), sp)
+    _log(f"[tgo] {len(trajs)}/{len(qs)} teacher trajectories")
+  arr = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
+  keep = np.ones(len(qs), bool) if keep_all else arr["score"] > 0
+  stats = {"questions": len(qs), "correct": int((arr["score"] > 0).sum()), "kept": int(keep.sum()),
+           **B.rollout_metrics(trajs, arr["score"])}
+  _log(f"[tgo] {stats}")
+  if keep.sum() == 0:
+    fail(f"TGO: the teacher answered none of {len(qs)} training questions correctly; there is "
+         f"nothing to distill. Train the teacher further (prep.sft_steps) or set "
+         f"tgo.keep_incorrect=True for the ablation")
+  arr = {k: v[keep] for k, v in arr.items()}
+  used = int(arr["mask"].sum(1).max())
+  arr = {k: v[:, :B.width_bucket(used + 1)] if v.ndim == 2 else v for k, v in arr.items()}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    np.savez(out + ".tmp.npz", **arr)
+    os.replace(out + ".tmp.npz", out)
+    _write_json(os.path.join(workdir, "tgo", "stats.json"), stats)
+  return arr
+
+
+def distill_stage(config, workdir, name, student: Model, teacher: Model, data, loss, lam,
+                  mesh, evaluate):
+  """KD on trajectories for `kd.epochs` epochs; validation EM after each; stops early when
+  it reaches `kd.em_threshold` (the switch to stage 2)."""
+  k = config.kd
+  n = len(data["tokens"])
+  bs = min(k.batch_size, n)
+  spe = max(1, n // bs)
+  total = k.epochs * spe
+  loss_fn = distill.make_loss(student.graphdef, teacher.graphdef, loss, lam=lam,
+                              alpha=k.skew_alpha, total_steps=total, impl=config.kernel.impl,
+                              chunk=config.kernel.chunk, block=config.kernel.block)
+
+  lengths = data["mask"].sum(1)
+
+  def batch_fn(step):
+    idx, w = lm_data.length_grouped_batch(lengths, bs, step, config.seed + 23)
+    return {"tokens": data["tokens"][idx, :w], "mask": data["mask"][idx, :w],
+            "loss_mask": data["gen"][idx, :w], "step": np.full((bs,), step, np.int32)}
+
+  val_f = os.path.join(workdir, "eval", f"{name}_val.json")
+  history = json.load(open(val_f)) if os.path.isfile(val_f) else []
+  params = student.params
+  for epoch in range(k.epochs):
+    fc = FitConfig(steps=(epoch + 1) * spe, schedule_steps=total, lr=k.lr,
+                   warmup_steps=min(k.warmup_steps, total // 2), log_every=config.train.log_every,
+                   ckpt_every=spe, keep_ckpts=config.train.keep_ckpts)
+    params, m = fit(name, workdir, student.graphdef, params, student.shardings, mesh, batch_fn,
+                    fc, config.seed, _log, loss_fn=loss_fn, frozen=teacher.params,
+                    frozen_sh=teacher.shardings)
+    if len(history) <= epoch:
+      summary = evaluate(params)
+      history.append({"epoch": epoch + 1, "step": fc.steps, **summary, **m})
+      _write_json(val_f, history)
+      _log(f"[{name}] epoch {epoch + 1}/{k.epochs}: val EM {summary['avg']:.3f}")
+    if k.em_threshold > 0 and history[epoch]["avg"] >= k.em_threshold:
+      _log(f"[{name}] val EM {history[epoch]['avg']:.3f} ≥ kd.em_threshold "
+           f"{k.em_threshold}: switching to the next stage")
+      break
+  return params, history
+
+
+def run(config, workdir):
+  """Runs the configured method end to end; returns the results dict."""
+  stages = plan(config)  # validates before any expensive work
+  prep, models, tok, retriever = prepare.run(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = prepare.setup.rules(config)
+  student, teacher = (Model(*models[w]) for w in ("student", "teacher"))
+  if student.cfg.vocab_size != teacher.cfg.vocab_size:
+    fail(f"student vocabulary {student.cfg.vocab_size} != teacher vocabulary "
+         f"{teacher.cfg.vocab_size}: distillation needs one tokenizer")
+  d = os.path.join(workdir, "world")
+  train_q = prepare.read_jsonl(os.path.join(d, "train.jsonl"))
+  dev_q = prepare.read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.val_questions]
+  test_q = prepare.read_jsonl(os.path.join(d, "test.jsonl"))[:config.eval.num_questions]
+
+  def evaluator(m: Model, qs):
+    return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs)[0]
+
+  rc = prepare.rollout_config(config)
+  reference = Model(student.cfg, student.graphdef, student.params, student.shardings)
+  current, checkpoints, history = student.params, {}, {}
+  for i, (kind, opt) in enumerate(stages):
+    cur = Model(student.cfg, student.graphdef, current, student.shardings)
+    if kind == "tgo":
+      data = teacher_trajectories(config, workdir, teacher, tok, retriever, train_q)
+    elif kind == "kd":
+      current, history["kd"] = distill_stage(config, workdir, "kd", cur, teacher, data,
+                                             opt["loss"], opt["lam"], mesh,
+                                             evaluator(student, dev_q))
+      checkpoints["kd"] = current
+    elif kind in ("rl", "gkd"):
+      other = teacher if kind == "gkd" or opt["kl_target"] == "teacher" else reference
+      over = {k: v for k, v in opt.items() if k in ("kl_rows", "advantage")}
+      current, last = run_rl("rl", config, workdir, cur, other, (tok, retriever, rc), train_q,
+                             mesh, rules, _log, mode="ppo" if kind == "rl" else "gkd",
+                             evaluate=evaluator(student, dev_q[:config.eval.rl_val_questions]),
+                             **over)
+      checkpoints["rl"] = current
+  results = {"method": config.method, "ablation": config.ablation, "seed": config.seed,
+             "plan": [k for k, _ in stages], "prepare": prep, "test": {}}
+  evals = [("student_base", student, student.params), ("teacher", teacher, teacher.params)]
+  if "kd" in checkpoints:
+    evals.append(("student_kd", student, checkpoints["kd"]))
+  evals.append(("student_final", student, current))
+  samples = {}
+  for label, m, p in evals:
+    f = os.path.join(workdir, "eval", f"test_{label}.json")
+    if os.path.isfile(f):
+      results["test"][label] = json.load(open(f))
+      continue
+    summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q)
+    results["test"][label] = summary
+    _write_json(f, summary)
+    samples[label] = report.sample_trajectories(trajs, test_q, tok)
+    _log(f"[eval] {label} test EM: {summary}")
+  _write_json(os.path.join(workdir, "results.json"), results)
+  if jax.process_index() == 0:
+    report.write(workdir, config, results, history, samples)
+  return results

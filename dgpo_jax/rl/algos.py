@@ -1,0 +1,134 @@
+"""The algorithm pieces that methods and ablations swap, each a small pure function chosen
+by a config string: KL estimators, reward shapers, advantage estimators, policy and value
+losses. Shapes: `_bt` = [batch, time] over the response (time t predicts token t).
+"""
+
+import jax
+import jax.numpy as jnp
+
+# ---------------------------------------------------------------- KL estimators (per token)
+# Inputs are per-token statistics from `fused_kl.token_stats` (policy = student θ, other =
+# the teacher in DGPO, the reference model in PPO); estimates of KL(π_θ ‖ π_other).
+
+
+def kl_k1(logp, logp_other, full_kl):
+  """The reference code's estimator: log π_θ(y) − log π_other(y) on the sampled token."""
+  del full_kl
+  return logp - logp_other
+
+
+def kl_k3(logp, logp_other, full_kl):
+  """Schulman's low-variance, non-negative estimator: r − 1 − log r, r = π_other/π_θ."""
+  del full_kl
+  log_r = logp_other - logp
+  return jnp.exp(log_r) - 1.0 - log_r
+
+
+def kl_full(logp, logp_other, full_kl):
+  """Exact per-token KL(π_θ ‖ π_other) over the vocabulary (from the fused kernel)."""
+  del logp, logp_other
+  return full_kl
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3, "full": kl_full}
+
+# ---------------------------------------------------------------- reward shapers
+
+
+def token_rewards(score_b, last_bt, kl_bt, gen_bt, beta, rows):
+  """Token rewards [B, T]: the score on the last response token, −β·KL on generated tokens
+  of the selected rows.
+
+  Args:
+    score_b: outcome score per row (EM: 1.0 or 0.0).
+    last_bt: 1.0 on each row's last response token.
+    kl_bt: per-token KL estimate; gen_bt: 1.0 on model-generated tokens (info mask).
+    beta: KL coefficient.
+    rows: "wrong" (DGPO's selective KL: rows with score < 0.1, as the reference), "all"
+      (uniform KL; also the classic reference-model penalty of PPO), or "none".
+  """
+  if rows == "none":
+    pen = jnp.zeros_like(kl_bt)
+  elif rows == "wrong":
+    pen = kl_bt * gen_bt * (score_b < 0.1)[:, None]
+  elif rows == "all":
+    pen = kl_bt * gen_bt
+  else:
+    raise ValueError(f"reward KL rows={rows!r}: expected wrong, all or none")
+  return score_b[:, None] * last_bt - beta * pen
+
+
+# ---------------------------------------------------------------- advantage estimators
+
+
+def gae(rewards_bt, values_bt, mask_bt, gamma=1.0, lam=1.0):
+  """GAE over the generated tokens: positions with mask 0 (observations, padding) are
+  transparent (they pass the running sums through), so observation tokens neither receive
+  advantages nor break the credit path. Returns (advantages, returns) [B, T]."""
+  def step(carry, xs):
+    next_v, acc = carry
+    r, v, m = xs
+    delta = r + gamma * next_v - v
+    acc_new = delta + gamma * lam * acc
+    adv = jnp.where(m > 0, acc_new, 0.0)
+    carry = (jnp.where(m > 0, v, next_v), jnp.where(m > 0, acc_new, acc))
+    return carry, adv
+
+  b = rewards_bt.shape[0]
+  xs = tuple(jnp.flip(x, 1).T for x in (rewards_bt, values_bt, mask_bt))
+  _, adv = jax.lax.scan(step, (jnp.zeros(b), jnp.zeros(b)), xs)
+  adv = jnp.flip(adv.T, 1)
+  return adv, (adv + values_bt) * mask_bt
+
+
+def grpo_advantages(score_b, group_b, mask_bt, num_groups, eps=1e-6):
+  """GRPO: each row's outcome score normalized within its group (same question), broadcast
+  to its generated tokens. group_b: int group id per row in [0, num_groups)."""
+  ones = jnp.ones_like(score_b)
+  n = jax.ops.segment_sum(ones, group_b, num_groups)
+  mean = jax.ops.segment_sum(score_b, group_b, num_groups) / jnp.maximum(n, 1)
+  var = jax.ops.segment_sum((score_b - mean[group_b]) ** 2, group_b, num_groups) / jnp.maximum(
+      n, 1)
+  adv = (score_b - mean[group_b]) / (jnp.sqrt(var[group_b]) + eps)
+  return adv[:, None] * mask_bt
+
+
+def whiten(x_bt, mask_bt, eps=1e-8):
+  """Masked whitening (mean 0, std 1 over masked positions)."""
+  n = jnp.maximum(mask_bt.sum(), 1.0)
+  mean = (x_bt * mask_bt).sum() / n
+  var = (((x_bt - mean) * mask_bt) ** 2).sum() / n
+  return (x_bt - mean) * jax.lax.rsqrt(var + eps) * mask_bt
+
+
+# ---------------------------------------------------------------- losses
+
+
+def masked_mean(x, mask):
+  return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def policy_loss(logp_bt, old_logp_bt, adv_bt, mask_bt, clip=0.2):
+  """PPO clipped surrogate (token-mean over generated tokens) and its diagnostics."""
+  ratio = jnp.exp(logp_bt - old_logp_bt)
+  pg1 = -adv_bt * ratio
+  pg2 = -adv_bt * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+  loss = masked_mean(jnp.maximum(pg1, pg2), mask_bt)
+  clipfrac = masked_mean((pg2 > pg1).astype(jnp.float32), mask_bt)
+  approx_kl = masked_mean(0.5 * (logp_bt - old_logp_bt) ** 2, mask_bt)
+  return loss, {"clip_frac": clipfrac, "approx_kl": approx_kl}
+
+
+def value_loss(values_bt, old_values_bt, returns_bt, mask_bt, clip=0.5):
+  """Clipped value loss (0.5 × max of the two squared errors), token-mean."""
+  v_clipped = old_values_bt + jnp.clip(values_bt - old_values_bt, -clip, clip)
+  l1, l2 = (values_bt - returns_bt) ** 2, (v_clipped - returns_bt) ** 2
+  loss = 0.5 * masked_mean(jnp.maximum(l1, l2), mask_bt)
+  return loss, {"vf_clip_frac": masked_mean((l2 > l1).astype(jnp.float32), mask_bt)}
+
+
+def explained_variance(values_bt, returns_bt, mask_bt):
+  var_r = masked_mean((returns_bt - masked_mean(returns_bt, mask_bt)) ** 2, mask_bt)
+  err = returns_bt - values_bt
+  var_e = masked_mean((err - masked_mean(err, mask_bt)) ** 2, mask_bt)
+  return 1.0 - var_e / jnp.maximum(var_r, 1e-8)

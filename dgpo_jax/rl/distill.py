@@ -1,0 +1,69 @@
+"""Distillation losses on trajectories (DGPO's KD cold start and the KD baselines).
+
+Every loss is a token mean over model-generated tokens only (prompt, `<information>` blocks
+and padding are masked), computed from both models' final hidden states and LM heads by the
+chunked kernels in `fused_kl`, so no [B, T, V] log-probs are materialized.
+
+Losses (config string `kd.loss`):
+  ce_fkl    CE(teacher tokens) + λ·KL(π_t ‖ π_s)  (DGPO stage 1, Hinton KD; λ = 0 is SFT)
+  skew_fkl  DistiLLM's skew forward KL, KL(π_t ‖ α π_t + (1−α) π_s)
+  taid      TAID: KL(p_t̃ ‖ π_s), p_t̃ ∝ π_s^(1−t) π_t^t (student side detached), t scheduled
+  jsd       GKD's generalized JSD(β) (used on the student's own samples)
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dgpo_jax.rl import fused_kl
+
+LOSSES = ("ce_fkl", "skew_fkl", "taid", "jsd")
+
+
+def hidden_and_head(graphdef, params, tokens_bt, valid_bt):
+  """A decoder's final hidden states [B, T, D] and its LM head [D, V]."""
+  model = nnx.merge(graphdef, params)
+  h, _ = model.hidden(tokens_bt, valid_bt=valid_bt)
+  return h, model.head_weight().astype(h.dtype)
+
+
+def taid_t(step, total, t_start=0.4, t_end=1.0):
+  """TAID's interpolation coefficient, rising linearly from t_start to t_end."""
+  frac = jnp.clip(step.astype(jnp.float32) / max(total, 1), 0.0, 1.0)
+  return t_start + (t_end - t_start) * frac
+
+
+def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: float = 1.0,
+              alpha: float = 0.1, total_steps: int = 1, impl: str = "jnp",
+              chunk: int = 8192, block: int = 1024):
+  """`loss_fn(graphdef, params, batch, frozen) -> (loss, aux)` for `train.lm.make_update`.
+
+  batch: tokens [B, T+1], mask [B, T+1] (real tokens), loss_mask [B, T+1] (1 on generated
+  tokens), and for taid a replicated `step` scalar. frozen: the teacher's params.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f"kd.loss={loss!r}: expected one of {LOSSES}")
+
+  def loss_fn(graphdef, params, batch, frozen):
+    del graphdef
+    inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
+    valid = batch["mask"][:, :-1]
+    w = batch["loss_mask"][:, 1:].astype(jnp.float32).reshape(-1)
+    hs, ws = hidden_and_head(student_graphdef, params, inputs, valid)
+    ht, wt = hidden_and_head(teacher_graphdef, jax.lax.stop_gradient(frozen), inputs, valid)
+    hs, ht = hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1])
+    y = targets.reshape(-1)
+    n = jnp.maximum(w.sum(), 1.0)
+    st = fused_kl.token_stats(hs, ws, ht, wt, y, impl=impl, chunk=chunk, block=block)
+    ce = (-st["logp_s"] * w).sum() / n
+    fkl = (st["kl_ts"] * w).sum() / n
+    aux = {"ce": ce, "kl_teacher_student": fkl, "tokens": w.sum(),
+           "entropy": (st["ent_s"] * w).sum() / n}
+    if loss == "ce_fkl":
+      return ce + lam * fkl, aux
+    a = taid_t(batch["step"], total_steps) if loss == "taid" else alpha
+    kind = {"skew_fkl": "skew_fkl", "taid": "taid", "jsd": "jsd"}[loss]
+    div = fused_kl.chunked_divergence(hs, ws, ht, wt, kind, a, chunk=chunk)
+    return (div * w).sum() / n, dict(aux, divergence=(div * w).sum() / n)
+
+  return loss_fn
