@@ -35,12 +35,24 @@ def base() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"  # bfloat16 on accelerators
   c.model.dtype = "float32"
   c.model.remat = False
+  c.model.preset = ""  # shape preset for ahead-of-time plans (dgpo_jax.pipeline.aot)
   # Shape overrides for random init (0 = keep the preset's value).
   c.model.d_model = 0
   c.model.n_layers = 0
   c.model.n_heads = 0
   c.model.n_kv_heads = 0
   c.model.d_ff = 0
+
+  # The teacher (distillation, TGO, DGPO's KL target): a pretrained model spec like
+  # model.name; frozen, so it can be stored in bf16.
+  c.teacher_model = ml_collections.ConfigDict()
+  c.teacher_model.name = ""
+  c.teacher_model.preset = ""
+  c.teacher_model.param_dtype = "float32"
+  c.teacher_model.dtype = "float32"
+
+  c.plan = ml_collections.ConfigDict()
+  c.plan.seq_len = 2048  # tokens per trajectory in ahead-of-time plans
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.kind = "model"  # "model": the pretrained model's own; "sentencepiece": train one
@@ -50,6 +62,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.corpus = WIKI_SAMPLE
   c.data.seq_len = 128
   c.data.max_docs = 0  # 0 = all
+  # QA files ([name=]path, FlashRAG jsonl or Search-R1 parquet) for pretrained-model runs.
+  c.data.train = ""
+  c.data.dev = ""
+  c.data.test = ""
 
   c.mesh = "data:-1"
   c.sharding_rules = DEFAULT_RULES

@@ -37,7 +37,8 @@ def get_config(arg: str = ""):
   c.teacher = shape(256, 4, 768)
   c.student = shape(128, 2, 384)
   c.prep = ml_collections.ConfigDict(dict(lm_steps=200, lm_lr=2e-3, sft_steps=300, sft_lr=1e-3,
-                                          warmup_steps=20, batch_size=16, sft_examples=3000))
+                                          warmup_steps=20, batch_size=16, sft_examples=3000,
+                                          drills=True))
   c.eval.update(num_questions=200, val_questions=100, rl_val_questions=60, batch_size=64)
   c.train.log_every = 25
   c.train.ckpt_every = 100

@@ -49,16 +49,31 @@ def test_smoke_run_and_resume(tmp_path):
 
 
 @needs_shared
-def test_synthetic_smoke_prepare_end_to_end(tmp_path):
+def test_synthetic_smoke_train_end_to_end(tmp_path):
+  """prepare → TGO → KD → DGPO → test evaluation → results.json and report.md; a rerun
+  finds everything done; `ask` talks to the prepared teacher."""
   r = _main(tmp_path / "s", config="configs/synthetic.py:smoke")
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.load(open(tmp_path / "s" / "prepare_result.json"))
   assert {"teacher_dev_em", "student_dev_em", "teacher_sft_loss"} <= set(res)
-  for f in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"):
+  for f in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl", "drills.jsonl"):
     assert (tmp_path / "s" / "world" / f).is_file()
   assert (tmp_path / "s" / "models" / "teacher" / "tokenizer.model").is_file()
+  results = json.load(open(tmp_path / "s" / "results.json"))
+  assert results["plan"] == ["tgo", "kd", "rl"]
+  assert set(results["test"]) == {"student_base", "teacher", "student_kd", "student_final"}
+  for row in results["test"].values():
+    assert 0.0 <= row["avg"] <= 1.0 and "single_hop" in row
+  rl = [json.loads(l) for l in open(tmp_path / "s" / "metrics_rl.jsonl")]
+  assert [m["step"] for m in rl] == [1, 2]
+  assert all(k in rl[-1] for k in ("em", "kl", "entropy", "clip_frac", "vf_loss",
+                                   "explained_var", "actor_grad_norm", "critic_grad_norm",
+                                   "searches_per_question", "tokens_per_s"))
+  report = open(tmp_path / "s" / "report.md").read()
+  assert "## Test EM" in report and "student_final" in report and "Sample trajectory" in report
   again = _main(tmp_path / "s", config="configs/synthetic.py:smoke")  # everything cached
-  assert again.returncode == 0 and "resumed from step 6" in again.stdout
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert json.load(open(tmp_path / "s" / "results.json"))["test"] == results["test"]
   q = json.loads(open(tmp_path / "s" / "world" / "dev.jsonl").readline())["question"]
   ask = subprocess.run([sys.executable, "-m", "dgpo_jax.ask", "--config=configs/synthetic.py:smoke",
                         f"--workdir={tmp_path / 's'}", f"--question={q}"], capture_output=True,

@@ -35,12 +35,25 @@ def test_splits_have_disjoint_subjects_and_held_out_text(tmp_path):
   fams = collections.Counter(q["family"] for q in splits["train"])
   assert all(fams[f] > 0 for f in SW.FAMILIES)
   pretrain = open(tmp_path / "pretrain.txt").read()
-  names = {p[0]: p[1] for p in w.passages()}
-  held = [names[e] for e in subj["test"]]
-  # A held-out subject's own passage ("Name. Name is …") is not in the pretraining text.
-  assert held and not any(f"{n}. {n} is" in pretrain for n in held)
-  kept = [names[e] for e in subj["train"]]
-  assert all(f"{n}. {n} is" in pretrain for n in kept[:50])
+  drills = open(tmp_path / "drills.jsonl").read()
+  text = {p[0]: p[2] for p in w.passages()}
+  held = [text[e] for e in subj["test"]]
+  # A held-out subject's own passage is neither in the pretraining text nor in the drills.
+  assert held and not any(t in pretrain or json.dumps(t)[1:-1] in drills for t in held)
+  kept = [text[e] for e in subj["train"]]
+  assert all(t in pretrain for t in kept[:50])
+
+
+def test_oracle_facts_are_passage_sentences_and_drills_restate_them(tmp_path):
+  w = SW.generate(0, **SMALL)
+  SW.write(w, str(tmp_path), seed=0)
+  text = {p[0]: p[2] for p in w.passages()}
+  for q in [json.loads(l) for l in open(tmp_path / "train.jsonl")][:100]:
+    for (_, fact), gold in zip(q["hops"], q["gold_ids"]):
+      assert fact in text[gold]  # reading = finding and copying a sentence
+  d = json.loads(open(tmp_path / "drills.jsonl").readline())["text"]
+  block, fact = d.rsplit("\n", 1)
+  assert block.count("(Title: ") == 3 and fact in block
 
 
 def test_oracle_reaches_the_answer_and_bm25_finds_gold_passages(tmp_path):

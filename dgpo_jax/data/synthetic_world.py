@@ -40,27 +40,37 @@ class World:
   works: list
 
   def passages(self):
-    """(id, title, text) for every entity: one passage each."""
+    """(id, title, text) for every entity: one passage each, made of its fact sentences (the
+    oracle's reasoning restates these sentences verbatim)."""
     out = []
-    for c in self.countries:
-      out.append((c["id"], c["name"], f"{c['name']} is a country. Its capital is "
-                  f"{self.cities[c['capital']]['name']}. {c['name']} has a population of "
-                  f"{c['population']} thousand."))
-    for c in self.cities:
-      out.append((c["id"], c["name"], f"{c['name']} is a city in "
-                  f"{self.countries[c['country']]['name']}. It was founded in {c['founded']}."))
-    for o in self.orgs:
-      out.append((o["id"], o["name"], f"{o['name']} is an organisation based in "
-                  f"{self.cities[o['city']]['name']}. It was founded in {o['founded']} by "
-                  f"{self.people[o['founder']]['name']}."))
-    for p in self.people:
-      out.append((p["id"], p["name"], f"{p['name']} is a {p['occupation']} born in "
-                  f"{self.cities[p['city']]['name']} in {p['born']}. {p['name'].split()[-1]} "
-                  f"works for {self.orgs[p['employer']]['name']}."))
-    for w in self.works:
-      out.append((w["id"], w["name"], f"{w['name']} is a {w['kind']} by "
-                  f"{self.people[w['creator']]['name']}, released in {w['year']}."))
+    for kind in ("countries", "cities", "orgs", "people", "works"):
+      for e in getattr(self, kind):
+        out.append((e["id"], e["name"], " ".join(self.facts(kind, e).values())))
     return out
+
+  def facts(self, kind, e) -> dict:
+    """An entity's fact sentences by relation."""
+    n = e["name"]
+    if kind == "countries":
+      return {"kind": f"{n} is a country.",
+              "capital": f"The capital of {n} is {self.cities[e['capital']]['name']}.",
+              "population": f"{n} has a population of {e['population']} thousand."}
+    if kind == "cities":
+      return {"kind": f"{n} is a city.",
+              "country": f"{n} is in {self.countries[e['country']]['name']}.",
+              "founded": f"{n} was founded in {e['founded']}."}
+    if kind == "orgs":
+      return {"kind": f"{n} is an organisation based in {self.cities[e['city']]['name']}.",
+              "founded": f"{n} was founded in {e['founded']}.",
+              "founder": f"{n} was founded by {self.people[e['founder']]['name']}."}
+    if kind == "people":
+      return {"kind": f"{n} is a {e['occupation']}.",
+              "city": f"{n} was born in {self.cities[e['city']]['name']}.",
+              "born": f"{n} was born in the year {e['born']}.",
+              "employer": f"{n} works for {self.orgs[e['employer']]['name']}."}
+    return {"kind": f"{n} is a {e['kind']}.",
+            "creator": f"{n} was created by {self.people[e['creator']]['name']}.",
+            "year": f"{n} was released in {e['year']}."}
 
 
 def _names(rng, n, parts, used):
@@ -138,47 +148,41 @@ def questions(world: World, seed: int = 0):
                "golden_answers": [str(answer)], "hops": hops, "gold_ids": gold})
 
   city = lambda i: W.cities[i]
+  fact = lambda kind, e, rel: [e["name"], W.facts(kind, e)[rel]]
   for p in W.people:
     c = city(p["city"])
-    add("single_hop", p["id"], f"Where was {p['name']} born?", c["name"],
-        [[p["name"], f"{p['name']} was born in {c['name']}."]], [p["id"]])
     k = W.countries[c["country"]]
+    add("single_hop", p["id"], f"Where was {p['name']} born?", c["name"],
+        [fact("people", p, "city")], [p["id"]])
     add("bridge", p["id"], f"In which country was {p['name']} born?", k["name"],
-        [[p["name"], f"{p['name']} was born in {c['name']}."],
-         [c["name"], f"{c['name']} is in {k['name']}."]], [p["id"], c["id"]])
+        [fact("people", p, "city"), fact("cities", c, "country")], [p["id"], c["id"]])
   for k in W.countries:
     add("single_hop", k["id"], f"What is the capital of {k['name']}?",
-        city(k["capital"])["name"], [[k["name"], f"The capital of {k['name']} is "
-                                     f"{city(k['capital'])['name']}."]], [k["id"]])
+        city(k["capital"])["name"], [fact("countries", k, "capital")], [k["id"]])
   for o in W.orgs:
     add("single_hop", o["id"], f"In which year was {o['name']} founded?", o["founded"],
-        [[o["name"], f"{o['name']} was founded in {o['founded']}."]], [o["id"]])
+        [fact("orgs", o, "founded")], [o["id"]])
   for w in W.works:
     a = W.people[w["creator"]]
     c = city(a["city"])
     e = W.orgs[a["employer"]]
     add("single_hop", w["id"], f"Who created {w['name']}?", a["name"],
-        [[w["name"], f"{w['name']} was created by {a['name']}."]], [w["id"]])
+        [fact("works", w, "creator")], [w["id"]])
     add("bridge", w["id"], f"Where was the creator of {w['name']} born?", c["name"],
-        [[w["name"], f"{w['name']} was created by {a['name']}."],
-         [a["name"], f"{a['name']} was born in {c['name']}."]], [w["id"], a["id"]])
+        [fact("works", w, "creator"), fact("people", a, "city")], [w["id"], a["id"]])
     add("three_hop", w["id"], f"In which country was the creator of {w['name']} born?",
         W.countries[c["country"]]["name"],
-        [[w["name"], f"{w['name']} was created by {a['name']}."],
-         [a["name"], f"{a['name']} was born in {c['name']}."],
-         [c["name"], f"{c['name']} is in {W.countries[c['country']]['name']}."]],
-        [w["id"], a["id"], c["id"]])
+        [fact("works", w, "creator"), fact("people", a, "city"),
+         fact("cities", c, "country")], [w["id"], a["id"], c["id"]])
     add("three_hop", w["id"] + "/e", f"In which year was the employer of the creator of "
         f"{w['name']} founded?", e["founded"],
-        [[w["name"], f"{w['name']} was created by {a['name']}."],
-         [a["name"], f"{a['name']} works for {e['name']}."],
-         [e["name"], f"{e['name']} was founded in {e['founded']}."]], [w["id"], a["id"], e["id"]])
+        [fact("works", w, "creator"), fact("people", a, "employer"),
+         fact("orgs", e, "founded")], [w["id"], a["id"], e["id"]])
   for i in range(0, len(W.people) - 1, 2):
     p1, p2 = W.people[i], W.people[i + 1]
     first = p1 if p1["born"] < p2["born"] else p2
     add("comparison", p1["id"], f"Who was born earlier, {p1['name']} or {p2['name']}?",
-        first["name"], [[p1["name"], f"{p1['name']} was born in {p1['born']}."],
-                        [p2["name"], f"{p2['name']} was born in {p2['born']}."]],
+        first["name"], [fact("people", p1, "born"), fact("people", p2, "born")],
         [p1["id"], p2["id"]])
   order = rng.permutation(len(qs))
   return [dict(qs[i], id=f"q{n}") for n, i in enumerate(order)]
@@ -203,8 +207,40 @@ def oracle_steps(q) -> list:
   return steps
 
 
+def reading_drills(world: World, exclude: set, seed: int = 0, per_passage: int = 2):
+  """Reading-comprehension text for LM pretraining: three passages in the retrieval block
+  format (one target and two distractors sharing a name part when possible), then one of the
+  target's fact sentences restated. Teaches "find the sentence about X in the context and
+  copy it", a skill a pretrained base model has; nothing agentic. Held-out passages are
+  never used."""
+  rng = np.random.default_rng(seed + 5)
+  kinds = ("countries", "cities", "orgs", "people", "works")
+  ents = [(k, e) for k in kinds for e in getattr(world, k) if e["id"] not in exclude]
+  by_word = {}
+  for i, (_, e) in enumerate(ents):
+    for w in e["name"].split():
+      by_word.setdefault(w, []).append(i)
+  text = {e["id"]: " ".join(world.facts(k, e).values()) for k, e in ents}
+  out = []
+  for i, (kind, e) in enumerate(ents):
+    for _ in range(per_passage):
+      pool = [j for w in e["name"].split() for j in by_word[w] if j != i]
+      others = list(rng.choice(pool, size=min(2, len(pool)), replace=False)) if pool else []
+      while len(others) < 2:
+        others.append(int(rng.integers(len(ents))))
+      docs = [i] + [int(j) for j in others]
+      docs = [docs[j] for j in rng.permutation(3)]
+      block = "".join(f'Doc {n + 1}(Title: "{ents[j][1]["name"]}") '
+                      f"{text[ents[j][1]['id']]}\n"
+                      for n, j in enumerate(docs))
+      facts = list(world.facts(kind, e).values())
+      out.append(block + facts[int(rng.integers(len(facts)))])
+  return out
+
+
 def write(world: World, out_dir: str, seed: int = 0) -> dict:
-  """Writes corpus.jsonl, {train,dev,test}.jsonl and pretrain.txt; returns counts."""
+  """Writes corpus.jsonl, {train,dev,test}.jsonl, pretrain.txt (one passage per line) and
+  drills.jsonl (reading drills); returns counts."""
   os.makedirs(out_dir, exist_ok=True)
   splits = split_questions(questions(world, seed), seed)
   held_out = {q["subject"].split("/")[0] for s in ("dev", "test") for q in splits[s]}
@@ -213,8 +249,12 @@ def write(world: World, out_dir: str, seed: int = 0) -> dict:
     for pid, title, text in world.passages():
       f.write(json.dumps({"id": pid, "contents": f'"{title}"\n{text}'}) + "\n")
       if pid not in held_out:
-        g.write(f"{title}. {text}\n")
-  counts = {"passages": len(world.passages())}
+        g.write(f"{text}\n")
+  drills = reading_drills(world, held_out, seed)
+  with open(os.path.join(out_dir, "drills.jsonl"), "w") as f:
+    for d in drills:
+      f.write(json.dumps({"text": d}) + "\n")
+  counts = {"passages": len(world.passages()), "drills": len(drills)}
   for name, rows in splits.items():
     with open(os.path.join(out_dir, f"{name}.jsonl"), "w") as f:
       for q in rows:

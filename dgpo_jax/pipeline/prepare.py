@@ -120,7 +120,8 @@ def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=
                         SamplingParams(greedy=True))
   by_family = {}
   for q, t in zip(questions, trajs):
-    by_family.setdefault(q["family"], []).append(exact_match(t.answer, q["golden_answers"]))
+    family = q.get("family", q.get("data_source", "all"))
+    by_family.setdefault(family, []).append(exact_match(t.answer, q["golden_answers"]))
   summary = {f: float(np.mean(v)) for f, v in sorted(by_family.items())}
   summary["avg"] = float(np.mean([exact_match(t.answer, q["golden_answers"])
                                   for q, t in zip(questions, trajs)]))
@@ -149,6 +150,10 @@ def run(config, workdir):
   train_q = read_jsonl(os.path.join(d, "train.jsonl"))[:config.prep.sft_examples]
   sft = demonstrations(config, workdir, tok, retriever, train_q)
   docs = [tok.encode(l.strip()) for l in open(os.path.join(d, "pretrain.txt"))]
+  drills = os.path.join(d, "drills.jsonl")
+  if config.prep.drills and os.path.isfile(drills):
+    docs += [tok.encode(r["text"]) for r in read_jsonl(drills)]
+    docs = [docs[i] for i in np.random.default_rng(config.seed).permutation(len(docs))]
   eos = tok.eos_ids[0]
   lm_rows = lm_data.pack(docs, config.data.seq_len, eos)
   results = {}

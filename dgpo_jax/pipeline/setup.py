@@ -67,14 +67,9 @@ def build_model(config, workdir: str, ctor=Decoder) -> Built:
   rl = rules(config)
   m = config.model
   if m.init == "pretrained":
-    lm = registry.load(m.name, param_dtype=m.param_dtype, dtype=m.dtype)
-    cfg = lm.cfg
-    graphdef, abs_state = registry.abstract_state(cfg, lambda c, rngs: ctor(c, rngs=rngs,
-                                                                            remat=m.remat))
-    shardings = sharding.state_shardings(abs_state, mesh, rl)
-    graphdef, params = registry.place_params(
-        cfg, lm.params, shardings, ctor=lambda c, rngs: ctor(c, rngs=rngs, remat=m.remat))
-    tok = build_tokenizer(config, workdir) or lm.tokenizer
+    cfg, graphdef, params, shardings, model_tok = load_pretrained(
+        m.name, m.param_dtype, m.dtype, mesh, rl, m.remat, ctor)
+    tok = build_tokenizer(config, workdir) or model_tok
   elif m.init == "random":
     tok = build_tokenizer(config, workdir)
     overrides = {k: getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
@@ -92,6 +87,16 @@ def build_model(config, workdir: str, ctor=Decoder) -> Built:
     fail(f"config.model.init={m.init!r}: expected 'random' or 'pretrained'")
   tok.check_vocab(cfg.vocab_size)
   return Built(cfg, graphdef, params, shardings, tok, mesh)
+
+
+def load_pretrained(spec, param_dtype, dtype, mesh, rules, remat=False, ctor=Decoder):
+  """(cfg, graphdef, params, shardings, tokenizer) of a pretrained model, placed sharded."""
+  lm = registry.load(spec, param_dtype=param_dtype, dtype=dtype)
+  make = lambda c, rngs: ctor(c, rngs=rngs, remat=remat)
+  graphdef, abs_state = registry.abstract_state(lm.cfg, make)
+  shardings = sharding.state_shardings(abs_state, mesh, rules)
+  graphdef, params = registry.place_params(lm.cfg, lm.params, shardings, ctor=make)
+  return lm.cfg, graphdef, params, shardings, lm.tokenizer
 
 
 def build_retriever(config):

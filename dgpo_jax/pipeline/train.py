@@ -24,7 +24,7 @@ import os
 import jax
 import numpy as np
 
-from dgpo_jax.data import lm_data
+from dgpo_jax.data import lm_data, qa
 from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report
@@ -176,20 +176,48 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   return params, history
 
 
-def run(config, workdir):
-  """Runs the configured method end to end; returns the results dict."""
-  stages = plan(config)  # validates before any expensive work
-  prep, models, tok, retriever = prepare.run(config, workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  rules = prepare.setup.rules(config)
-  student, teacher = (Model(*models[w]) for w in ("student", "teacher"))
+def setup_run(config, workdir):
+  """(prep results, student, teacher, tokenizer, retriever, train, dev, test questions).
+
+  The synthetic world (a config with a `world` section) comes from `prepare`; otherwise the
+  student (`model`) and teacher (`teacher_model`) are pretrained checkpoints and the questions
+  come from `data.train/dev/test`.
+  """
+  if "world" in config:
+    prep, models, tok, retriever = prepare.run(config, workdir)
+    student, teacher = (Model(*models[w]) for w in ("student", "teacher"))
+    d = os.path.join(workdir, "world")
+    train_q, dev_q, test_q = (prepare.read_jsonl(os.path.join(d, f"{s}.jsonl"))
+                              for s in ("train", "dev", "test"))
+  else:
+    for field in ("data.train", "data.dev", "data.test", "teacher_model.name"):
+      sec, name = field.split(".")
+      if not config[sec][name]:
+        fail(f"config.{field} is empty: pretrained-model training needs it")
+    built = prepare.setup.build_model(config, workdir)
+    student = Model(built.cfg, built.graphdef, built.params, built.shardings)
+    t = config.teacher_model
+    cfg, gd, params, sh, _ = prepare.setup.load_pretrained(
+        t.name, t.param_dtype, t.dtype, built.mesh, prepare.setup.rules(config), config.model.remat)
+    teacher, tok = Model(cfg, gd, params, sh), built.tokenizer
+    retriever = prepare.setup.build_retriever(config)
+    files = [qa.read_qa(config.data[s]) for s in ("train", "dev", "test")]
+    prep = {"skipped_no_answer": {f.name: f.skipped_no_answer for f in files}}
+    train_q, dev_q, test_q = (f.rows for f in files)
   if student.cfg.vocab_size != teacher.cfg.vocab_size:
     fail(f"student vocabulary {student.cfg.vocab_size} != teacher vocabulary "
          f"{teacher.cfg.vocab_size}: distillation needs one tokenizer")
-  d = os.path.join(workdir, "world")
-  train_q = prepare.read_jsonl(os.path.join(d, "train.jsonl"))
-  dev_q = prepare.read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.val_questions]
-  test_q = prepare.read_jsonl(os.path.join(d, "test.jsonl"))[:config.eval.num_questions]
+  return prep, student, teacher, tok, retriever, train_q, dev_q, test_q
+
+
+def run(config, workdir):
+  """Runs the configured method end to end; returns the results dict."""
+  stages = plan(config)  # validates before any expensive work
+  prep, student, teacher, tok, retriever, train_q, dev_q, test_q = setup_run(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = prepare.setup.rules(config)
+  dev_q = dev_q[:config.eval.val_questions]
+  test_q = test_q[:config.eval.num_questions]
 
   def evaluator(m: Model, qs):
     return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs)[0]

@@ -92,5 +92,11 @@ def make_update(graphdef, tx, state_sh, batch_sh, loss_fn: Callable = lm_loss,
                "skipped": skipped, **aux}
     return new, metrics
 
-  return jax.jit(update, in_shardings=(state_sh, batch_sh, None, frozen_sh),
-                 out_shardings=(state_sh, None), donate_argnums=(0,))
+  jitted = jax.jit(update, in_shardings=(state_sh, batch_sh, None, frozen_sh),
+                   out_shardings=(state_sh, None), donate_argnums=(0,))
+
+  def call(state, batch, rng, frozen=None):
+    return jitted(state, batch, rng, frozen)
+
+  call.lower = jitted.lower
+  return call

@@ -38,13 +38,19 @@ class Progress:
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `<workdir>/<name>.jsonl` (process 0 only)."""
+  """Appends one JSON object per line to `<workdir>/<name>.jsonl` and the same scalars to a
+  TensorBoard event file under `<workdir>/tensorboard/<name>` (process 0 only)."""
 
-  def __init__(self, workdir: str, name: str = "metrics", enabled: bool = True):
+  def __init__(self, workdir: str, name: str = "metrics", enabled: bool = True,
+               tensorboard: bool = True):
     self.enabled = enabled
     self.path = os.path.join(workdir, f"{name}.jsonl")
+    self.tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        from dgpo_jax.utils.tensorboard import EventWriter
+        self.tb = EventWriter(os.path.join(workdir, "tensorboard", name))
 
   def write(self, step: int, **metrics):
     if not self.enabled:
@@ -53,6 +59,8 @@ class MetricsWriter:
     row.update({k: _jsonable(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+    if self.tb is not None:
+      self.tb.scalars(step, {k: v for k, v in row.items() if k not in ("step", "time")})
 
 
 def _jsonable(v):

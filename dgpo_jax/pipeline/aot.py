@@ -1,0 +1,115 @@
+"""Ahead-of-time lowering of the training steps from abstract shapes (no weights).
+
+`compile_steps(config)` builds the student, critic and teacher as shape-only pytrees with
+their shardings on the configured mesh, then lowers and compiles the KD update and the PPO
+experience pass and update for one mini-batch of `ppo.mini_batch` rows × `seq_len` tokens.
+It reports XLA's per-device memory and FLOP estimates, so a config can be checked before
+renting the hardware it names.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dgpo_jax.models import config as model_config
+from dgpo_jax.models.decoder import Decoder, ValueModel
+from dgpo_jax.parallel import sharding
+from dgpo_jax.pipeline.rl_stage import ppo_config
+from dgpo_jax.rl import distill, ppo
+from dgpo_jax.train import lm
+
+
+@dataclasses.dataclass
+class Compiled:
+  name: str
+  compiled: object
+
+  def memory(self) -> dict:
+    m = self.compiled.memory_analysis()
+    if m is None:
+      return {}
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "alias_size_in_bytes", "generated_code_size_in_bytes")
+    return {k.replace("_size_in_bytes", "_bytes"): int(getattr(m, k, 0)) for k in keys}
+
+  def flops(self) -> float:
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def model_cfg(m) -> model_config.ModelConfig:
+  """The shape config of a model section (`preset` name plus dtypes)."""
+  return model_config.preset(m.preset, param_dtype=m.param_dtype, dtype=m.dtype)
+
+
+def abstract_model(cfg, mesh, rules, ctor=Decoder, remat=True):
+  graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: ctor(cfg, rngs=nnx.Rngs(0),
+                                                                remat=remat)))
+  shardings = sharding.state_shardings(abs_state, mesh, rules)
+  params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        nnx.to_pure_dict(abs_state), shardings)
+  return graphdef, params, shardings
+
+
+def _sds(shape, dtype, sh):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+
+def compile_steps(config, mesh=None, seq_len: int = 0, steps=("kd", "experience", "ppo")):
+  """Lowers and compiles the named steps from abstract shapes; returns [Compiled]."""
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  s_cfg, t_cfg = model_cfg(config.model), model_cfg(config.teacher_model)
+  if s_cfg.vocab_size != t_cfg.vocab_size:
+    raise ValueError(f"student vocabulary {s_cfg.vocab_size} != teacher {t_cfg.vocab_size}")
+  s_gd, s_p, s_sh = abstract_model(s_cfg, mesh, rules, remat=config.model.remat)
+  t_gd, t_p, t_sh = abstract_model(t_cfg, mesh, rules, remat=config.model.remat)
+  c_gd, c_p, c_sh = abstract_model(s_cfg, mesh, rules, ValueModel, remat=config.model.remat)
+  rows = config.ppo.mini_batch
+  t = seq_len or config.plan.seq_len
+  bsh = lambda nd: sharding.batch_sharding(mesh, nd, rules)
+  tok = lambda w: _sds((rows, w), jnp.int32, bsh(2))
+  f32 = lambda w: _sds((rows, w), jnp.float32, bsh(2))
+  rep = NamedSharding(mesh, P())
+  out = []
+  pc = ppo_config(config)
+  k = config.kd
+  if "kd" in steps:
+    tx = lm.make_optimizer(k.lr, 1000)
+    shape = jax.eval_shape(lambda p: lm.init_state(p, tx), s_p)
+    st_sh = lm.state_shardings(tx, shape, s_sh, mesh)
+    state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shape, st_sh)
+    loss_fn = distill.make_loss(s_gd, t_gd, "ce_fkl", lam=k.lam, impl=config.kernel.impl,
+                                chunk=config.kernel.chunk, block=config.kernel.block)
+    bsh_kd = {n: bsh(2) for n in ("tokens", "mask", "loss_mask")}
+    upd = lm.make_update(s_gd, tx, st_sh, bsh_kd, loss_fn, t_sh)
+    batch = {n: tok(t + 1) for n in ("tokens", "mask", "loss_mask")}
+    out.append(Compiled("kd_update", upd.lower(state, batch, jax.random.key(0), t_p).compile()))
+  if "experience" in steps:
+    exp = ppo.make_experience(s_gd, c_gd, t_gd, pc, num_groups=config.ppo.questions_per_step)
+    batch = {"tokens": tok(t + 1), "mask": tok(t + 1), "gen": tok(t + 1), "last": tok(t + 1),
+             "score": _sds((rows,), jnp.float32, bsh(1)),
+             "group": _sds((rows,), jnp.int32, bsh(1))}
+    out.append(Compiled("ppo_experience", exp.lower(s_p, c_p, t_p, batch).compile()))
+  if "ppo" in steps:
+    p = config.ppo
+    tx_a, tx_c = lm.make_optimizer(p.actor_lr, p.steps), lm.make_optimizer(p.critic_lr, p.steps)
+    shape = jax.eval_shape(lambda a, c: ppo.init_state(a, c, tx_a, tx_c), s_p, c_p)
+    opt = lambda tx, sh, st: lm.state_shardings(tx, {"opt_state": st}, sh, mesh)["opt_state"]
+    st_sh = {"actor": {"params": s_sh, "opt_state": opt(tx_a, s_sh, shape["actor"]["opt_state"])},
+             "critic": {"params": c_sh,
+                        "opt_state": opt(tx_c, c_sh, shape["critic"]["opt_state"])},
+             "step": rep}
+    state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shape, st_sh)
+    b_sh = {"tokens": bsh(2), "mask": bsh(2), **{n: bsh(2) for n in
+                                                 ("old_logp", "adv", "returns", "old_values",
+                                                  "gen")}}
+    upd = ppo.make_update(s_gd, c_gd, tx_a, tx_c, pc, st_sh, b_sh)
+    batch = {"tokens": tok(t + 1), "mask": tok(t + 1),
+             **{n: f32(t) for n in ("old_logp", "adv", "returns", "old_values", "gen")}}
+    out.append(Compiled("ppo_update", upd.lower(state, batch, jax.random.key(0)).compile()))
+  return out
