@@ -30,22 +30,22 @@ def get_config(arg: str = ""):
   c.rollout.max_turn_tokens = 64
   c.rollout.max_obs_tokens = 200
 
-  c.world = ml_collections.ConfigDict(dict(n_countries=30, n_cities=250, n_orgs=300,
-                                           n_people=1800, n_works=700))
+  c.world = ml_collections.ConfigDict(dict(n_countries=10, n_cities=40, n_orgs=60,
+                                           n_people=500, n_works=150))
   shape = lambda d, l, ff: ml_collections.ConfigDict(dict(d_model=d, n_layers=l, n_heads=4,
                                                          n_kv_heads=2, d_ff=ff))
-  c.teacher = shape(256, 4, 768)
-  c.student = shape(128, 2, 384)
-  c.prep = ml_collections.ConfigDict(dict(lm_steps=200, lm_lr=2e-3, sft_steps=300, sft_lr=1e-3,
+  c.teacher = shape(128, 4, 384)  # 0.95M params
+  c.student = shape(64, 2, 192)  # 0.23M params: the teacher is 4.1× larger
+  c.prep = ml_collections.ConfigDict(dict(lm_steps=300, lm_lr=3e-3, sft_steps=300, sft_lr=3e-3,
                                           warmup_steps=20, batch_size=16, sft_examples=3000,
                                           drills=True))
-  c.eval.update(num_questions=200, val_questions=100, rl_val_questions=60, batch_size=64)
+  c.eval.update(num_questions=200, val_questions=50, rl_val_questions=50, batch_size=64)
   c.train.log_every = 25
   c.train.ckpt_every = 100
-  c.tgo.update(num_questions=400, temperature=1.0)
-  c.kd.update(epochs=3, batch_size=16, lr=1e-3, warmup_steps=10)
-  c.ppo.update(steps=30, questions_per_step=32, group_size=4, mini_batch=16, micro_batches=1,
-               actor_lr=2e-5, critic_lr=1e-4, val_every=10)
+  c.tgo.update(num_questions=600, temperature=0.0)
+  c.kd.update(epochs=5, batch_size=16, lr=3e-3, warmup_steps=10)
+  c.ppo.update(steps=20, questions_per_step=16, group_size=4, mini_batch=16, micro_batches=1,
+               actor_lr=5e-5, critic_lr=5e-4, val_every=10)
   c.kernel.update(chunk=2048, block=1024)
 
   # The pre-world LM stage (tiny model pretrained on the real Wikipedia sample).

@@ -64,7 +64,8 @@ def test_synthetic_smoke_train_end_to_end(tmp_path):
   assert set(results["test"]) == {"student_base", "teacher", "student_kd", "student_final"}
   for row in results["test"].values():
     assert 0.0 <= row["avg"] <= 1.0 and "single_hop" in row
-  rl = [json.loads(l) for l in open(tmp_path / "s" / "metrics_rl.jsonl")]
+  assert results["stages"] == {"kd": "kd-ce_fkl-lam1-all", "rl": "rl-dgpo"}
+  rl = [json.loads(l) for l in open(tmp_path / "s" / "metrics_rl-dgpo.jsonl")]
   assert [m["step"] for m in rl] == [1, 2]
   assert all(k in rl[-1] for k in ("em", "kl", "entropy", "clip_frac", "vf_loss",
                                    "explained_var", "actor_grad_norm", "critic_grad_norm",

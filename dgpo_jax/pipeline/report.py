@@ -57,8 +57,9 @@ def write(workdir, config, results, history, samples):
     parts.append("| epoch | step | EM | loss |\n|---|---|---|---|\n" + "".join(
         f"| {h['epoch']} | {h['step']} | {h['avg']:.3f} | {h.get('loss', float('nan')):.4f} |\n"
         for h in history["kd"]))
-  rl_metrics = os.path.join(workdir, "metrics_rl.jsonl")
-  if os.path.isfile(rl_metrics):
+  rl_name = results.get("stages", {}).get("rl")
+  rl_metrics = os.path.join(workdir, f"metrics_{rl_name}.jsonl")
+  if rl_name and os.path.isfile(rl_metrics):
     rows = [json.loads(l) for l in open(rl_metrics) if l.strip()]
     parts.append("\n## RL (first and last steps)\n\n")
     keys = [k for k in ("em", "kl", "entropy", "clip_frac", "vf_loss", "explained_var",
@@ -69,6 +70,8 @@ def write(workdir, config, results, history, samples):
       parts.append(f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4g}"
                                                    for k in keys) + " |\n")
   for label, s in samples.items():
+    if label == "student_kd" and "student_final" in samples:
+      continue
     for kind in ("correct", "wrong"):
       if s.get(kind):
         parts.append(f"\n## Sample trajectory: {label}, {kind}\n\n```\n{s[kind]}\n```\n")

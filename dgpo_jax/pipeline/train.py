@@ -176,7 +176,11 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   return params, history
 
 
-def setup_run(config, workdir):
+def needs_teacher(stages) -> bool:
+  return any(k in ("tgo", "kd", "gkd") or o.get("kl_target") == "teacher" for k, o in stages)
+
+
+def setup_run(config, workdir, with_teacher=True):
   """(prep results, student, teacher, tokenizer, retriever, train, dev, test questions).
 
   The synthetic world (a config with a `world` section) comes from `prepare`; otherwise the
@@ -190,21 +194,26 @@ def setup_run(config, workdir):
     train_q, dev_q, test_q = (prepare.read_jsonl(os.path.join(d, f"{s}.jsonl"))
                               for s in ("train", "dev", "test"))
   else:
-    for field in ("data.train", "data.dev", "data.test", "teacher_model.name"):
+    fields = ("data.train", "data.dev", "data.test") + (
+        ("teacher_model.name",) if with_teacher else ())
+    for field in fields:
       sec, name = field.split(".")
       if not config[sec][name]:
         fail(f"config.{field} is empty: pretrained-model training needs it")
     built = prepare.setup.build_model(config, workdir)
     student = Model(built.cfg, built.graphdef, built.params, built.shardings)
-    t = config.teacher_model
-    cfg, gd, params, sh, _ = prepare.setup.load_pretrained(
-        t.name, t.param_dtype, t.dtype, built.mesh, prepare.setup.rules(config), config.model.remat)
-    teacher, tok = Model(cfg, gd, params, sh), built.tokenizer
+    teacher, tok = None, built.tokenizer
+    if with_teacher:
+      t = config.teacher_model
+      cfg, gd, params, sh, _ = prepare.setup.load_pretrained(
+          t.name, t.param_dtype, t.dtype, built.mesh, prepare.setup.rules(config),
+          config.model.remat)
+      teacher = Model(cfg, gd, params, sh)
     retriever = prepare.setup.build_retriever(config)
     files = [qa.read_qa(config.data[s]) for s in ("train", "dev", "test")]
     prep = {"skipped_no_answer": {f.name: f.skipped_no_answer for f in files}}
     train_q, dev_q, test_q = (f.rows for f in files)
-  if student.cfg.vocab_size != teacher.cfg.vocab_size:
+  if teacher is not None and student.cfg.vocab_size != teacher.cfg.vocab_size:
     fail(f"student vocabulary {student.cfg.vocab_size} != teacher vocabulary "
          f"{teacher.cfg.vocab_size}: distillation needs one tokenizer")
   return prep, student, teacher, tok, retriever, train_q, dev_q, test_q
@@ -213,7 +222,8 @@ def setup_run(config, workdir):
 def run(config, workdir):
   """Runs the configured method end to end; returns the results dict."""
   stages = plan(config)  # validates before any expensive work
-  prep, student, teacher, tok, retriever, train_q, dev_q, test_q = setup_run(config, workdir)
+  prep, student, teacher, tok, retriever, train_q, dev_q, test_q = setup_run(
+      config, workdir, with_teacher=needs_teacher(stages))
   mesh = sharding.make_mesh(config.mesh)
   rules = prepare.setup.rules(config)
   dev_q = dev_q[:config.eval.val_questions]
@@ -224,41 +234,57 @@ def run(config, workdir):
 
   rc = prepare.rollout_config(config)
   reference = Model(student.cfg, student.graphdef, student.params, student.shardings)
-  current, checkpoints, history = student.params, {}, {}
-  for i, (kind, opt) in enumerate(stages):
+  tag = config.method + (f"-{config.ablation}" if config.ablation else "")
+  keep_all = config.tgo.keep_incorrect or config.ablation == "kd_with_incorrect_tgo"
+  current, checkpoints, history, names = student.params, {}, {}, {}
+  for kind, opt in stages:
     cur = Model(student.cfg, student.graphdef, current, student.shardings)
     if kind == "tgo":
       data = teacher_trajectories(config, workdir, teacher, tok, retriever, train_q)
     elif kind == "kd":
-      current, history["kd"] = distill_stage(config, workdir, "kd", cur, teacher, data,
+      # Named by what determines it, so methods that share a KD stage (dgpo, kd, the
+      # ablations after KD) share its checkpoint within a workdir.
+      name = f"kd-{opt['loss']}-lam{opt['lam']:g}-{'all' if keep_all else 'correct'}"
+      if "rl" in names:
+        name += f"-after-{names['rl']}"
+      names["kd"] = name
+      current, history["kd"] = distill_stage(config, workdir, name, cur, teacher, data,
                                              opt["loss"], opt["lam"], mesh,
                                              evaluator(student, dev_q))
       checkpoints["kd"] = current
     elif kind in ("rl", "gkd"):
+      names["rl"] = f"rl-{tag}"
       other = teacher if kind == "gkd" or opt["kl_target"] == "teacher" else reference
       over = {k: v for k, v in opt.items() if k in ("kl_rows", "advantage")}
-      current, last = run_rl("rl", config, workdir, cur, other, (tok, retriever, rc), train_q,
-                             mesh, rules, _log, mode="ppo" if kind == "rl" else "gkd",
+      current, last = run_rl(names["rl"], config, workdir, cur, other, (tok, retriever, rc),
+                             train_q, mesh, rules, _log, mode="ppo" if kind == "rl" else "gkd",
                              evaluate=evaluator(student, dev_q[:config.eval.rl_val_questions]),
                              **over)
       checkpoints["rl"] = current
   results = {"method": config.method, "ablation": config.ablation, "seed": config.seed,
-             "plan": [k for k, _ in stages], "prepare": prep, "test": {}}
-  evals = [("student_base", student, student.params), ("teacher", teacher, teacher.params)]
+             "plan": [k for k, _ in stages], "stages": names, "prepare": prep, "test": {}}
+  evals = [("student_base", "student_base", student.params)]
+  if teacher is not None:
+    evals.append(("teacher", "teacher", teacher.params))
   if "kd" in checkpoints:
-    evals.append(("student_kd", student, checkpoints["kd"]))
-  evals.append(("student_final", student, current))
+    evals.append(("student_kd", f"student_{names['kd']}", checkpoints["kd"]))
+  if stages[-1][0] != "kd":
+    evals.append(("student_final", f"student_final-{tag}", current))
   samples = {}
-  for label, m, p in evals:
-    f = os.path.join(workdir, "eval", f"test_{label}.json")
+  for label, file_label, p in evals:
+    m = teacher if label == "teacher" else student
+    f = os.path.join(workdir, "eval", f"test_{file_label}.json")
     if os.path.isfile(f):
-      results["test"][label] = json.load(open(f))
-      continue
-    summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q)
-    results["test"][label] = summary
-    _write_json(f, summary)
-    samples[label] = report.sample_trajectories(trajs, test_q, tok)
-    _log(f"[eval] {label} test EM: {summary}")
+      row = json.load(open(f))
+    else:
+      summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q)
+      row = dict(summary, samples=report.sample_trajectories(trajs, test_q, tok))
+      _write_json(f, row)
+      _log(f"[eval] {label} test EM: {summary}")
+    samples[label] = row.pop("samples", {})
+    results["test"][label] = row
+  if stages[-1][0] == "kd":
+    results["test"]["student_final"] = results["test"]["student_kd"]
   _write_json(os.path.join(workdir, "results.json"), results)
   if jax.process_index() == 0:
     report.write(workdir, config, results, history, samples)
