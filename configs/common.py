@@ -160,3 +160,47 @@ def base() -> ml_collections.ConfigDict:
   c.generate.max_new_tokens = 24
   c.generate.chat = False
   return c
+
+
+def paper_scale(student_path, student_preset, teacher_path, teacher_preset):
+  """The reference DGPO setup (../shared/reference/dgpo.md) for a student/teacher pair:
+  batch 512, mini-batch 256, micro-batch 128, 1 PPO epoch, actor lr 1e-6 (warmup 0.285),
+  critic lr 1e-5 (warmup 0.015), GAE γ = λ = 1, β = 0.001 (k1, wrong rows), KD λ = 1 for 5
+  epochs, 4 turns, top-3 E5 documents from a ScaNN index of wiki-18, ≤ 1000 PPO steps.
+  Model, index and data paths are config fields to override."""
+  c = base()
+  c.stage = "train"
+  c.method = "dgpo"
+  c.mesh = "fsdp:-1"
+  c.model.name = student_path  # HF directory (or .gguf)
+  c.model.init = "pretrained"
+  c.model.preset = student_preset
+  c.model.param_dtype = "float32"  # trained params and optimizer state in f32
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
+  c.teacher_model.name = teacher_path
+  c.teacher_model.preset = teacher_preset
+  c.teacher_model.param_dtype = "bfloat16"  # frozen
+  c.teacher_model.dtype = "bfloat16"
+  c.tokenizer.kind = "model"
+  c.retrieval.encoder = "e5-base-v2"
+  c.retrieval.kind = "scann"
+  c.retrieval.index = "/indexes/wiki18_e5_scann"
+  c.retrieval.topk = 3
+  c.data.train = "/data/nq_hotpotqa/train.jsonl"
+  c.data.dev = "/data/nq_hotpotqa/dev.jsonl"
+  c.data.test = "/data/nq/test.jsonl"
+  c.rollout.max_turns = 4
+  c.rollout.max_turn_tokens = 500
+  c.rollout.max_obs_tokens = 500
+  c.tgo.num_questions = 20000
+  c.kd.update(lam=1.0, epochs=5, batch_size=64, lr=1e-5, warmup_steps=20)
+  c.ppo.update(steps=1000, questions_per_step=512, mini_batch=256, micro_batches=2, epochs=1,
+               actor_lr=1e-6, actor_warmup_ratio=0.285, critic_lr=1e-5,
+               critic_warmup_ratio=0.015, beta=0.001, kl_estimator="k1", kl_rows="wrong",
+               val_every=200)
+  c.train.ckpt_every = 50
+  c.eval.update(num_questions=100000, val_questions=1000, rl_val_questions=500, batch_size=256)
+  c.kernel.update(impl="jnp", chunk=8192, block=1024)
+  c.plan.seq_len = 4096
+  return c

@@ -1,15 +1,19 @@
-"""The embedded default: the synthetic agentic-RAG world with tiny models, on CPU.
+"""The embedded default: the whole DGPO pipeline on the synthetic agentic-RAG world, on CPU.
 
-`prepare` generates the world (≈3,000 entities, FlashRAG-format corpus and question files with
-single-hop / bridge / comparison / three-hop families over disjoint entities), trains a
-SentencePiece tokenizer, builds a BM25 index, LM-pretrains a teacher (~5.6× the student) and
-a student on the world's text, SFTs the teacher on oracle demonstrations with real retrieval
-observations, and evaluates both with greedy rollouts on the dev split.
+Stage "train": `prepare` generates the world (760 entities, FlashRAG-format corpus and
+question files with single-hop / bridge / comparison / three-hop families over disjoint
+entities, plus reading and copy drills), trains a SentencePiece tokenizer, builds a BM25
+index, LM-pretrains a teacher (0.95M params) and a student (0.23M), SFTs the teacher on
+oracle demonstrations with real retrieval observations; then TGO (the teacher's correct
+trajectories) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of the base
+student, the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # ~26 min on 2 CPU cores; measured figures in docs/synthetic.md
+      # RUNTIME_FULL on 2 CPU cores; measured figures in docs/synthetic.md
+  python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
+      --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
-      # ~35 s: a small world and a few steps (the end-to-end test's config)
+      # ~1.7 min: a small world and a few steps per stage (the end-to-end test's config)
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
       # the plain LM stage on the real Wikipedia sample (~70 s)
 """

@@ -16,6 +16,9 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, reports).")
+flags.DEFINE_string("coordinator_address", "", "Multi-process: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", -1, "Multi-process: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -30,11 +33,15 @@ def main(argv):
   config = FLAGS.config
   from dgpo_jax.utils.errors import DgpoError
   try:
+    from dgpo_jax.parallel import distributed
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.check_same_config(config)
     if config.stage not in STAGES:
       raise DgpoError(f"config.stage={config.stage!r}: expected one of {', '.join(STAGES)}")
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, default=str)
+    if distributed.jax.process_index() == 0:
+      with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2, default=str)
     if config.stage == "train":
       from dgpo_jax.pipeline import train
       train.run(config, FLAGS.workdir)

@@ -1,27 +1,64 @@
-"""Paper-scale configs compile from abstract shapes (no weights) on 8 fake CPU devices."""
+"""Paper-scale configs: reference hyperparameters, and the ahead-of-time plan compiles their
+KD and PPO steps from abstract shapes (real 0.5B student and 3B teacher shapes, no weights)
+on 8 fake CPU devices."""
 
 import jax
+import pytest
 
-from configs import qwen05b
-from dgpo_jax.pipeline import aot
-
-
-def test_qwen05b_has_reference_hyperparameters():
-  c = qwen05b.get_config()
-  assert (c.ppo.questions_per_step, c.ppo.mini_batch, c.ppo.steps) == (512, 256, 1000)
-  assert (c.ppo.beta, c.kd.lam, c.ppo.kl_estimator, c.ppo.kl_rows) == (0.001, 1.0, "k1", "wrong")
-  assert (c.ppo.actor_lr, c.ppo.critic_lr, c.ppo.gamma, c.ppo.lam) == (1e-6, 1e-5, 1.0, 1.0)
-  assert (c.rollout.max_turns, c.retrieval.topk, c.retrieval.encoder) == (4, 3, "e5-base-v2")
-  assert (c.model.preset, c.teacher_model.preset) == ("qwen2.5-0.5b", "qwen2.5-3b")
+from configs import llama8b_to_1b, qwen05b, qwen7b_to_05b
+from dgpo_jax import plan as plan_cli
+from dgpo_jax.utils.errors import DgpoError
 
 
-def test_qwen05b_steps_compile_from_abstract_shapes():
+def test_paper_configs_have_reference_hyperparameters():
+  for mod, presets in ((qwen05b, ("qwen2.5-0.5b", "qwen2.5-3b")),
+                       (qwen7b_to_05b, ("qwen2.5-0.5b", "qwen2.5-7b")),
+                       (llama8b_to_1b, ("llama-3.2-1b", "llama-3.1-8b"))):
+    c = mod.get_config()
+    assert (c.model.preset, c.teacher_model.preset) == presets
+    assert (c.ppo.questions_per_step, c.ppo.mini_batch, c.ppo.steps) == (512, 256, 1000)
+    assert (c.ppo.beta, c.kd.lam, c.ppo.kl_estimator, c.ppo.kl_rows) == (0.001, 1.0, "k1",
+                                                                         "wrong")
+    assert (c.ppo.actor_lr, c.ppo.critic_lr, c.ppo.gamma, c.ppo.lam) == (1e-6, 1e-5, 1.0, 1.0)
+    assert (c.rollout.max_turns, c.retrieval.topk, c.retrieval.encoder) == (4, 3, "e5-base-v2")
+
+
+def test_plan_compiles_qwen05b_steps_and_checks_fit():
   assert len(jax.devices()) == 8
   c = qwen05b.get_config("plan_small")
-  out = {x.name: x for x in aot.compile_steps(c)}
-  assert set(out) == {"kd_update", "ppo_experience", "ppo_update"}
-  for x in out.values():
-    assert x.flops() > 0
-  # fsdp over 8 devices: each holds an eighth of the f32 student (+ the frozen bf16 teacher)
-  student_bytes = 494_032_768 * 4
-  assert out["ppo_update"].memory()["argument_bytes"] < student_bytes
+  p = plan_cli.make_plan(c, "fsdp:8")
+  assert set(p["steps"]) == {"kd_update", "ppo_experience", "ppo_update"}
+  assert all(s["tflops_per_step_per_device"] > 0 for s in p["steps"].values())
+  # fsdp over 8 devices: each holds about an eighth of the f32 0.5B student (494M params)
+  gb = p["per_device_gb"]["student_params"]
+  assert 494e6 * 4 / 8 / 1024 ** 3 * 0.95 < gb < 494e6 * 4 / 8 / 1024 ** 3 * 1.3
+  # the PPO update's arguments: actor + critic params and their Adam moments
+  assert p["steps"]["ppo_update"]["argument_gb"] > 5 * gb
+  assert plan_cli.check_fit(p, 80.0)[0]
+  fits, msg = plan_cli.check_fit(p, 0.5)
+  assert not fits and "DOES NOT FIT" in msg
+
+
+def test_plan_rejects_bad_meshes_and_batches():
+  c = qwen05b.get_config("plan_small")
+  with pytest.raises(DgpoError, match="device"):
+    plan_cli.make_plan(c, "data:3")
+  c.ppo.mini_batch = 12
+  with pytest.raises(DgpoError, match="ppo.mini_batch=12"):
+    plan_cli.make_plan(c, "fsdp:8")
+
+
+def test_sweep_points_and_configs():
+  from configs import sweep
+  from dgpo_jax import sweep as sweep_cli
+  pts = sweep_cli.points(["qwen2.5-0.5b", "qwen2.5-3b"], ["qwen2.5-3b", "qwen2.5-7b"],
+                         ["ppo", "dgpo"], ["0", "1"])
+  # 0.5b→3b, 0.5b→7b, 3b→7b (3b→3b skipped) × 2 methods × 2 seeds
+  assert len(pts) == 12
+  c = sweep.get_config(pts[0][1])
+  assert (c.model.preset, c.teacher_model.preset, c.method, c.seed) == (
+      "qwen2.5-0.5b", "qwen2.5-3b", "ppo", 0)
+  with pytest.raises(ValueError, match="bad point item"):
+    sweep.get_config("studnet=x")
+  with pytest.raises(ValueError, match="unknown method"):
+    sweep_cli.points(["qwen2.5-0.5b"], ["qwen2.5-3b"], ["dpo"], ["0"])

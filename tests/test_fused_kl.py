@@ -65,7 +65,11 @@ def test_fkl_divergence_equals_token_stats_kl():
                              F.token_stats(hs, ws, ht, wt, y, chunk=100)["kl_ts"], atol=1e-5)
 
 
-def test_vocab_mismatch_is_an_error():
+def test_vocab_mismatch_is_an_error_and_padded_teacher_heads_are_cut():
   hs, ws, ht, wt, y = _inputs()
   with pytest.raises(ValueError, match="vocabulary"):
     F.token_stats(hs, ws, ht, wt[:, :-1], y)
+  padded = jnp.concatenate([wt, jnp.zeros((DT, 12))], axis=1)  # Qwen2.5-7B-style padding
+  a = F.token_stats(hs, ws, ht, padded, y, chunk=64)
+  b = F.token_stats(hs, ws, ht, wt, y, chunk=64)
+  np.testing.assert_allclose(a["kl_ts"], b["kl_ts"], atol=1e-6)

@@ -149,6 +149,14 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, P(target, *([None] * (ndim - 1))))
 
 
+def global_array(host_value, sharding: NamedSharding):
+  """A global jax.Array from a host array every process holds in full (e.g. the step's
+  batch, a pure function of the step): each process copies only the shards its own devices
+  hold, so this works unchanged with one or many processes."""
+  host_value = np.asarray(host_value)
+  return jax.make_array_from_callback(host_value.shape, sharding, lambda idx: host_value[idx])
+
+
 def shard_batch(batch, mesh: Mesh, rules=DEFAULT_RULES):
   """Places host arrays on the mesh, batch dimension sharded."""
   return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), rules)),

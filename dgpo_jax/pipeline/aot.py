@@ -64,8 +64,8 @@ def compile_steps(config, mesh=None, seq_len: int = 0, steps=("kd", "experience"
   mesh = mesh or sharding.make_mesh(config.mesh)
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
   s_cfg, t_cfg = model_cfg(config.model), model_cfg(config.teacher_model)
-  if s_cfg.vocab_size != t_cfg.vocab_size:
-    raise ValueError(f"student vocabulary {s_cfg.vocab_size} != teacher {t_cfg.vocab_size}")
+  if s_cfg.vocab_size > t_cfg.vocab_size:
+    raise ValueError(f"student vocabulary {s_cfg.vocab_size} > teacher {t_cfg.vocab_size}")
   s_gd, s_p, s_sh = abstract_model(s_cfg, mesh, rules, remat=config.model.remat)
   t_gd, t_p, t_sh = abstract_model(t_cfg, mesh, rules, remat=config.model.remat)
   c_gd, c_p, c_sh = abstract_model(s_cfg, mesh, rules, ValueModel, remat=config.model.remat)

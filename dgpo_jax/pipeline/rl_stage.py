@@ -152,7 +152,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
     m = B.rollout_metrics(trajs, arr["score"])
     t_roll = time.time() - t0
-    dev = {k: jax.device_put(v, bsh(np.ndim(v))) for k, v in arr.items()}
+    dev = {k: sharding.global_array(v, bsh(np.ndim(v))) for k, v in arr.items()}
     if mode == "gkd":
       batch = {"tokens": dev["tokens"], "mask": dev["mask"], "loss_mask": dev["gen"]}
       state_l = {"params": state["policy"]["params"], "opt_state": state["policy"]["opt_state"],
@@ -161,6 +161,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
       state = {"policy": {"params": state_l["params"], "opt_state": state_l["opt_state"]},
                "step": state_l["step"]}
       m.update({k: float(v) for k, v in jax.device_get(um).items()})
+      bad = bad + 1 if m["skipped"] >= 1 else 0
     else:
       critic_p = state["critic"]["params"] if "critic" in state else None
       exp, em = experience(state["actor"]["params"], critic_p, other.params, dev)

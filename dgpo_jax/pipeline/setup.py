@@ -52,12 +52,13 @@ def build_tokenizer(config, workdir: str, texts=None) -> Optional[Tokenizer]:
   if kind != "sentencepiece":
     fail(f"config.tokenizer.kind={kind!r}: expected 'model' or 'sentencepiece'")
   prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
-  if not os.path.isfile(prefix + ".model"):
+  if not os.path.isfile(prefix + ".model") and jax.process_index() == 0:
     texts = texts if texts is not None else corpus_texts(config)
-    if jax.process_index() == 0:
-      print(f"[setup] training SentencePiece ({config.tokenizer.vocab_size} pieces) on "
-            f"{len(texts)} passages", flush=True)
+    print(f"[setup] training SentencePiece ({config.tokenizer.vocab_size} pieces) on "
+          f"{len(texts)} passages", flush=True)
     lm_data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size)
+  from dgpo_jax.parallel import distributed
+  distributed.barrier("tokenizer")  # the other processes read what process 0 wrote
   return SentencePieceTokenizer(prefix + ".model", chat_format="plain")
 
 

@@ -213,9 +213,11 @@ def setup_run(config, workdir, with_teacher=True):
     files = [qa.read_qa(config.data[s]) for s in ("train", "dev", "test")]
     prep = {"skipped_no_answer": {f.name: f.skipped_no_answer for f in files}}
     train_q, dev_q, test_q = (f.rows for f in files)
-  if teacher is not None and student.cfg.vocab_size != teacher.cfg.vocab_size:
-    fail(f"student vocabulary {student.cfg.vocab_size} != teacher vocabulary "
-         f"{teacher.cfg.vocab_size}: distillation needs one tokenizer")
+  if teacher is not None and not (tok.vocab_size <= student.cfg.vocab_size
+                                  <= teacher.cfg.vocab_size):
+    fail(f"tokenizer ({tok.vocab_size}), student ({student.cfg.vocab_size}) and teacher "
+         f"({teacher.cfg.vocab_size}) vocabularies: distillation needs one tokenizer whose ids "
+         f"both heads cover (a teacher head may only be padded larger)")
   return prep, student, teacher, tok, retriever, train_q, dev_q, test_q
 
 

@@ -167,6 +167,7 @@ def token_stats(h_s, w_s, h_t, w_t, y, *, block: int = 1024, chunk: int = 8192,
   Returns:
     dict of float32 [N] arrays: logp_s, logp_t, kl_ts, kl_st, ent_s.
   """
+  w_t = match_vocab(w_s, w_t)
   if impl == "naive":
     return naive_stats(h_s, w_s, jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t), y)
   if impl in ("pallas", "pallas_interpret"):
@@ -177,6 +178,17 @@ def token_stats(h_s, w_s, h_t, w_t, y, *, block: int = 1024, chunk: int = 8192,
     raise ValueError(f"token_stats: impl={impl!r} (expected jnp, pallas, pallas_interpret, naive)")
   y = y.astype(jnp.int32)
   return _token_stats(h_s, w_s, h_t, w_t, y, block, chunk)
+
+
+def match_vocab(w_s, w_t):
+  """The teacher head cut to the student's vocabulary when the teacher's is only padded
+  larger (Qwen2.5-7B: 152,064 rows for the same 151,665-token tokenizer as 0.5B's 151,936);
+  the padding rows are not tokens, so they are left out of both distributions."""
+  if w_t.shape[1] > w_s.shape[1]:
+    return w_t[:, :w_s.shape[1]]
+  if w_t.shape[1] < w_s.shape[1]:
+    raise ValueError(f"teacher vocabulary {w_t.shape[1]} < student vocabulary {w_s.shape[1]}")
+  return w_t
 
 
 def naive_stats(h_s, w_s, h_t, w_t, y):
@@ -225,7 +237,7 @@ def chunked_divergence(h_s, w_s, h_t, w_t, kind: str, alpha: float = 0.5, *,
   """
   if kind not in DIVERGENCES:
     raise ValueError(f"divergence {kind!r}: expected one of {DIVERGENCES}")
-  h_t, w_t = jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t)
+  h_t, w_t = jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(match_vocab(w_s, w_t))
   n, v = h_s.shape[0], w_s.shape[1]
   chunk = min(chunk, v)
   nc = -(-v // chunk)

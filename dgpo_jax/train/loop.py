@@ -67,7 +67,7 @@ def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
   rng = jax.random.key(seed)
   for step in range(start, fc.steps):
     host = batch_fn(step)
-    batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in host.items()}
+    batch = {k: sharding.global_array(v, batch_sh[k]) for k, v in host.items()}
     state, m = update(state, batch, jax.random.fold_in(rng, step), frozen)
     tokens += int(host["tokens"].size)
     prog.count = step + 1

@@ -1,0 +1,133 @@
+"""Ahead-of-time plan: will this config fit, and what does a step cost?
+
+  python -m dgpo_jax.plan --config=configs/qwen05b.py --mesh=fsdp:8 [--device_memory_gb=80]
+      [--seq_len=4096]
+
+Lowers and compiles the KD update, the PPO experience pass and the PPO update from abstract
+shapes (no weights are read or allocated) on the given mesh, and prints per device: params,
+optimizer state, activations and temporaries (XLA's buffer assignment), the rollout's KV cache
+(computed from the shapes), and FLOPs per step (XLA's cost analysis). Mesh syntax:
+`axis:size[,axis:size…]` over the axes data, fsdp, tensor; one size may be -1 (the rest of
+the devices), e.g. `data:2,fsdp:4`. On a machine without the target accelerators, fake the
+device count with XLA_FLAGS=--xla_force_host_platform_device_count=N (CPU shapes and
+shardings are the same; the memory figures are XLA:CPU's, a close guide for GPU/TPU).
+
+Exit status 2 for a bad config (mesh, batch divisibility), 3 when a step does not fit in
+--device_memory_gb.
+"""
+
+import json
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("mesh", None, "Mesh spec; defaults to the config's `mesh`.")
+flags.DEFINE_integer("seq_len", 0, "Tokens per trajectory (default: config.plan.seq_len).")
+flags.DEFINE_float("device_memory_gb", 0.0, "Memory per device to check against (0 = skip).")
+flags.DEFINE_string("out", None, "Also write the plan as JSON here.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+GB = 1024 ** 3
+
+
+def _sharded_bytes(tree, shardings) -> int:
+  """Bytes one device holds of a (shape) pytree under its shardings."""
+  import jax
+  leaves = jax.tree.leaves(jax.tree.map(
+      lambda a, s: int(np.prod(s.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize,
+      tree, shardings))
+  return int(sum(leaves))
+
+
+def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
+  import jax
+  from dgpo_jax.parallel import sharding
+  from dgpo_jax.pipeline import aot
+  from dgpo_jax.utils.errors import fail
+  mesh = sharding.make_mesh(mesh_spec or config.mesh)
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  p = config.ppo
+  for name, rows in (("ppo.mini_batch", p.mini_batch), ("kd.batch_size", config.kd.batch_size)):
+    if rows % dp:
+      fail(f"{name}={rows} does not divide over the {dp} data-parallel devices of mesh "
+           f"{dict(mesh.shape)}")
+  if p.mini_batch % p.micro_batches or (p.mini_batch // p.micro_batches) % dp:
+    fail(f"ppo.mini_batch={p.mini_batch} / micro_batches={p.micro_batches} must leave a "
+         f"multiple of the {dp} data-parallel devices per micro-batch")
+  seq = seq_len or config.plan.seq_len
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  s_cfg, t_cfg = aot.model_cfg(config.model), aot.model_cfg(config.teacher_model)
+  _, s_p, s_sh = aot.abstract_model(s_cfg, mesh, rules)
+  _, t_p, t_sh = aot.abstract_model(t_cfg, mesh, rules)
+  student_b, teacher_b = _sharded_bytes(s_p, s_sh), _sharded_bytes(t_p, t_sh)
+  rc = config.rollout
+  cache_len = seq
+  kv = (s_cfg.n_layers * p.questions_per_step * s_cfg.n_kv_heads * cache_len * s_cfg.head_dim
+        * 2 * np.dtype(s_cfg.jnp_dtype).itemsize) // dp
+  steps = {}
+  for c in aot.compile_steps(config, mesh, seq):
+    mem = c.memory()
+    total = (mem.get("argument_bytes", 0) + mem.get("output_bytes", 0)
+             + mem.get("temp_bytes", 0) - mem.get("alias_bytes", 0))
+    steps[c.name] = {"total_gb": total / GB, "temp_gb": mem.get("temp_bytes", 0) / GB,
+                     "argument_gb": mem.get("argument_bytes", 0) / GB,
+                     "tflops_per_step_per_device": c.flops() / 1e12}
+  return {
+      "mesh": {k: int(v) for k, v in mesh.shape.items()}, "devices": len(jax.devices()),
+      "device_kind": jax.devices()[0].device_kind, "seq_len": seq,
+      "rows_per_update": p.mini_batch, "rows_per_rollout": p.questions_per_step,
+      "per_device_gb": {
+          "student_params": student_b / GB, "teacher_params": teacher_b / GB,
+          "critic_params": student_b / GB,
+          "optimizer_actor_and_critic": 4 * student_b / GB,  # Adam m and v for both
+          "rollout_kv_cache": kv / GB},
+      "steps": steps,
+      "rollout_turns": rc.max_turns,
+  }
+
+
+def check_fit(plan: dict, device_memory_gb: float):
+  """(fits, message) for the plan's largest step plus the rollout KV cache."""
+  worst = max(s["total_gb"] for s in plan["steps"].values())
+  kv = plan["per_device_gb"]["rollout_kv_cache"]
+  need = worst + kv
+  if need > device_memory_gb:
+    return False, (f"DOES NOT FIT: the largest step needs {worst:.2f} GB per device (+ {kv:.2f} "
+                   f"GB rollout KV cache) > {device_memory_gb:.2f} GB")
+  return True, f"fits: {need:.2f} GB ≤ {device_memory_gb:.2f} GB per device"
+
+
+def main(argv):
+  del argv
+  from dgpo_jax.utils import cli
+  from dgpo_jax.utils.errors import DgpoError
+  cli.setup_logging()
+  try:
+    plan = make_plan(FLAGS.config, FLAGS.mesh, FLAGS.seq_len)
+  except DgpoError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"mesh {plan['mesh']} on {plan['devices']} × {plan['device_kind']}; "
+        f"{plan['rows_per_update']} rows × {plan['seq_len']} tokens per update")
+  for k, v in plan["per_device_gb"].items():
+    print(f"  {k:<28} {v:8.2f} GB/device")
+  for name, s in plan["steps"].items():
+    print(f"  step {name:<22} {s['total_gb']:8.2f} GB/device (activations+temporaries "
+          f"{s['temp_gb']:.2f} GB)  {s['tflops_per_step_per_device']:.2f} TFLOP/device")
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(plan, f, indent=2)
+  if FLAGS.device_memory_gb:
+    fits, msg = check_fit(plan, FLAGS.device_memory_gb)
+    print(msg, file=sys.stdout if fits else sys.stderr)
+    if not fits:
+      sys.exit(3)
+
+
+if __name__ == "__main__":
+  app.run(main)
