@@ -71,7 +71,7 @@ def get_config(arg: str = ""):
     c.eval.update(num_questions=8, val_questions=8, rl_val_questions=8, batch_size=8)
     c.data.seq_len = 64
     c.train.log_every = 3
-    c.train.ckpt_every = 3
+    c.train.ckpt_every = 1
     c.tgo.update(num_questions=16, keep_incorrect=True)  # the tiny smoke teacher is rarely right
     c.kd.update(epochs=2, batch_size=4)
     c.ppo.update(steps=2, questions_per_step=4, group_size=2, mini_batch=4, val_every=2)

@@ -16,7 +16,10 @@ flags.DEFINE_string("question", None, "The question.", required=True)
 flags.DEFINE_string("workdir", "/tmp/dgpo_ask",
                     "Run directory. For configs/synthetic.py: the workdir `main` prepared.")
 flags.DEFINE_string("model", "teacher",
-                    "configs/synthetic.py only: teacher, student, or an HF directory.")
+                    "configs/synthetic.py only: a model the run exported under WORKDIR/models "
+                    "(teacher, student, student_final-dgpo, ...) or an HF directory.")
+flags.DEFINE_string("checkpoint", "", "An HF directory to talk to (e.g. a trained student "
+                    "exported by `main`); overrides --model.")
 flags.DEFINE_bool("sample", False, "Sample instead of greedy decoding.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 FLAGS = flags.FLAGS
@@ -54,10 +57,10 @@ def main(argv):
   from dgpo_jax.utils.errors import DgpoError
   c = FLAGS.config
   try:
-    if c.stage == "prepare":  # the synthetic world: models and index live in the workdir
+    if "world" in c:  # the synthetic world: models and index live in the workdir
       import os
-      path = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.join(
-          FLAGS.workdir, "models", FLAGS.model)
+      model = FLAGS.checkpoint or FLAGS.model
+      path = model if os.path.isdir(model) else os.path.join(FLAGS.workdir, "models", model)
       if not os.path.isdir(path):
         raise DgpoError(f"{path} does not exist: run `python -m dgpo_jax.main "
                         f"--config=configs/synthetic.py --workdir={FLAGS.workdir}` first")

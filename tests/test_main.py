@@ -67,20 +67,33 @@ def test_synthetic_smoke_train_end_to_end(tmp_path):
   assert results["stages"] == {"kd": "kd-ce_fkl-lam1-all", "rl": "rl-dgpo"}
   rl = [json.loads(l) for l in open(tmp_path / "s" / "metrics_rl-dgpo.jsonl")]
   assert [m["step"] for m in rl] == [1, 2]
+  assert sorted(os.listdir(tmp_path / "s" / "checkpoints" / "rl-dgpo")) == ["1", "2"]
   assert all(k in rl[-1] for k in ("em", "kl", "entropy", "clip_frac", "vf_loss",
                                    "explained_var", "actor_grad_norm", "critic_grad_norm",
                                    "searches_per_question", "tokens_per_s"))
   report = open(tmp_path / "s" / "report.md").read()
   assert "## Test EM" in report and "student_final" in report and "Sample trajectory" in report
-  again = _main(tmp_path / "s", config="configs/synthetic.py:smoke")  # everything cached
+  # Resume mid-RL: drop the last RL checkpoint and the final evaluation, rerun the same
+  # command; it resumes from step 1 and reproduces step 2 and the results exactly (CPU).
+  shutil.rmtree(tmp_path / "s" / "checkpoints" / "rl-dgpo" / "2")
+  os.remove(tmp_path / "s" / "eval" / "test_student_final-dgpo.json")
+  again = _main(tmp_path / "s", config="configs/synthetic.py:smoke")
   assert again.returncode == 0, again.stderr[-2000:]
+  assert "[rl-dgpo] resumed from step 1" in again.stdout
+  rows = [json.loads(l) for l in open(tmp_path / "s" / "metrics_rl-dgpo.jsonl")]
+  first, redo = [r for r in rows if r["step"] == 2]
+  for k in ("em", "kl", "pg_loss", "vf_loss", "entropy", "response_length"):
+    assert first[k] == redo[k], k
   assert json.load(open(tmp_path / "s" / "results.json"))["test"] == results["test"]
   q = json.loads(open(tmp_path / "s" / "world" / "dev.jsonl").readline())["question"]
+  final = tmp_path / "s" / "models" / "student_final-dgpo"  # the trained student, HF format
+  assert (final / "config.json").is_file() and (final / "tokenizer.model").is_file()
   ask = subprocess.run([sys.executable, "-m", "dgpo_jax.ask", "--config=configs/synthetic.py:smoke",
-                        f"--workdir={tmp_path / 's'}", f"--question={q}"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=300)
+                        f"--workdir={tmp_path / 's'}", f"--checkpoint={final}",
+                        f"--question={q}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert ask.returncode == 0, ask.stderr[-2000:]
   assert ask.stdout.startswith(f"Question: {q}") and "\nAnswer: " in ask.stdout
+  assert "[model ·" in ask.stdout
 
 
 def test_misspelt_field_and_bad_stage_are_errors(tmp_path):

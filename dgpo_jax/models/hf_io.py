@@ -185,6 +185,10 @@ def export_hf(out_dir: str, cfg: ModelConfig, params: dict, tokenizer_dir: str |
       if os.path.isfile(src):
         shutil.copy(src, os.path.join(tmp, f))
   for name, content in (extra_files or {}).items():
+    if isinstance(content, bytes):
+      with open(os.path.join(tmp, name), "wb") as fh:
+        fh.write(content)
+      continue
     with open(os.path.join(tmp, name), "w") as fh:
       fh.write(content if isinstance(content, str) else json.dumps(content, indent=2))
   shutil.rmtree(out_dir, ignore_errors=True)

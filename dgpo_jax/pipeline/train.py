@@ -221,6 +221,26 @@ def setup_run(config, workdir, with_teacher=True):
   return prep, student, teacher, tok, retriever, train_q, dev_q, test_q
 
 
+def export_student(config, workdir, name, student: Model, params):
+  """An HF-format copy of a trained student in `workdir/models/<name>` (with its tokenizer),
+  loadable by `ask --model`, `generate` and transformers."""
+  out = os.path.join(workdir, "models", name)
+  if os.path.isdir(out):
+    return out
+  from dgpo_jax.models import hf_io
+  from dgpo_jax.parallel import distributed
+  host = distributed.to_host(params)
+  if jax.process_index() == 0:
+    if "world" in config:
+      spm = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}.model")
+      hf_io.export_hf(out, student.cfg, host, extra_files={"tokenizer.model": open(spm, "rb")
+                                                           .read()})
+    else:
+      from dgpo_jax.models import registry
+      hf_io.export_hf(out, student.cfg, host, tokenizer_dir=registry.resolve(config.model.name))
+  return out
+
+
 def run(config, workdir):
   """Runs the configured method end to end; returns the results dict."""
   stages = plan(config)  # validates before any expensive work
@@ -272,6 +292,8 @@ def run(config, workdir):
     evals.append(("student_kd", f"student_{names['kd']}", checkpoints["kd"]))
   if stages[-1][0] != "kd":
     evals.append(("student_final", f"student_final-{tag}", current))
+  for label, file_label, p in evals[2:] if teacher is not None else evals[1:]:
+    export_student(config, workdir, file_label, student, p)
   samples = {}
   for label, file_label, p in evals:
     m = teacher if label == "teacher" else student
