@@ -10,8 +10,10 @@ materializes the float32 [N, V] logits and log-probs of both models; "fused" is
 `fused_kl.token_stats` (chunked, online log-sum-exp, custom VJP). Peak memory is XLA's
 buffer assignment for the compiled step (temp + arguments + outputs, per device); time is
 the median of `--repeats` runs after compilation. Target: ≤ 1/4 of the naive peak memory
-at ≤ 1.5× its time. On CPU the default is 2 × 1,024 tokens (the naive version's buffers
-for 8 × 1,024 exceed this machine's 24 GiB); `--tokens=8192` on a GPU.
+at ≤ 1.5× its time. Time is measured at `--tokens` (default 2 × 1,024: the naive version's
+buffers for 8 × 1,024 exceed this machine's 24 GiB when run); peak memory is also reported at
+`--memory_tokens` (default 8 × 1,024, the issue's shape) from the compiled steps alone (XLA's
+buffer assignment; nothing is executed at that size).
 """
 
 import argparse
@@ -32,23 +34,38 @@ def kd_loss(impl, chunk, block):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
+def peak_bytes(compiled):
+  m = compiled.memory_analysis()
+  return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+             - m.alias_size_in_bytes), int(m.temp_size_in_bytes)
+
+
 def measure(fn, args, repeats):
   compiled = fn.lower(*args).compile()
-  m = compiled.memory_analysis()
-  peak = int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-             - m.alias_size_in_bytes)
+  peak, temp = peak_bytes(compiled)
   times = []
   for _ in range(repeats + 1):
     t = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t)
-  return {"peak_bytes": peak, "temp_bytes": int(m.temp_size_in_bytes),
+  return {"peak_bytes": peak, "temp_bytes": temp,
           "time_s": float(np.median(times[1:]))}, compiled(*args)
+
+
+def compiled_peak(fn, tokens, a):
+  shapes = (jax.ShapeDtypeStruct((tokens, a.d_student), jnp.float32),
+            jax.ShapeDtypeStruct((a.d_student, a.vocab), jnp.float32),
+            jax.ShapeDtypeStruct((tokens, a.d_teacher), jnp.float32),
+            jax.ShapeDtypeStruct((a.d_teacher, a.vocab), jnp.float32),
+            jax.ShapeDtypeStruct((tokens,), jnp.int32))
+  peak, temp = peak_bytes(fn.lower(*shapes).compile())
+  return {"peak_bytes": peak, "temp_bytes": temp}
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--tokens", type=int, default=2048)
+  ap.add_argument("--memory_tokens", type=int, default=8192)
   ap.add_argument("--vocab", type=int, default=151936)
   ap.add_argument("--d_student", type=int, default=896)
   ap.add_argument("--d_teacher", type=int, default=2048)
@@ -66,6 +83,8 @@ def main():
           jax.random.randint(k[4], (a.tokens,), 0, a.vocab))
   fused, (fv, fg) = measure(kd_loss(a.impl, a.chunk, a.block), args, a.repeats)
   naive, (nv, ng) = measure(kd_loss("naive", a.chunk, a.block), args, a.repeats)
+  mem_f = compiled_peak(kd_loss(a.impl, a.chunk, a.block), a.memory_tokens, a)
+  mem_n = compiled_peak(kd_loss("naive", a.chunk, a.block), a.memory_tokens, a)
   flops = 2 * a.tokens * a.vocab * (2 * a.d_student + a.d_teacher)  # fwd both + student bwd
   flops += 2 * a.tokens * a.vocab * a.d_student  # the second backward matmul (dW)
   result = {
@@ -73,14 +92,20 @@ def main():
       "backend": jax.default_backend(), "shape": vars(a),
       "naive": naive, "fused": fused,
       "memory_ratio_fused_over_naive": fused["peak_bytes"] / naive["peak_bytes"],
+      "at_memory_tokens": {"tokens": a.memory_tokens, "naive": mem_n, "fused": mem_f,
+                           "memory_ratio_fused_over_naive": mem_f["peak_bytes"]
+                           / mem_n["peak_bytes"]},
       "time_ratio_fused_over_naive": fused["time_s"] / naive["time_s"],
       "max_abs_diff_loss": float(abs(fv - nv)),
       "max_abs_diff_grad": float(max(jnp.abs(x - y).max() for x, y in zip(fg, ng))),
       "naive_gflops_per_s": flops / naive["time_s"] / 1e9,
       "targets": {"memory_ratio_max": 0.25, "time_ratio_max": 1.5},
   }
-  result["targets_met"] = (result["memory_ratio_fused_over_naive"] <= 0.25
-                           and result["time_ratio_fused_over_naive"] <= 1.5)
+  result["targets_met"] = {
+      f"memory_at_{a.tokens}_tokens": result["memory_ratio_fused_over_naive"] <= 0.25,
+      f"memory_at_{a.memory_tokens}_tokens":
+          result["at_memory_tokens"]["memory_ratio_fused_over_naive"] <= 0.25,
+      "time": result["time_ratio_fused_over_naive"] <= 1.5}
   emit(result, a.out)
 
 

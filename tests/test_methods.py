@@ -1,27 +1,29 @@
-"""The baselines run end to end on the smoke world (in-process, one short stage each),
-sharing the preparation and TGO of one workdir."""
+"""The baselines run end to end on the smoke world (`main`, one short stage each), sharing
+the preparation and TGO of one workdir; a batch that does not divide the mesh is refused."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import needs_shared
+from conftest import ROOT, needs_shared
+
+SHORT = ("--config.ppo.steps=1", "--config.kd.epochs=1", "--config.eval.num_questions=4",
+         "--config.eval.val_questions=4", "--config.eval.rl_val_questions=4")
+
+
+def _main(workdir, *extra, devices=2):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "-m", "dgpo_jax.main",
+                         "--config=configs/synthetic.py:smoke", f"--workdir={workdir}", *SHORT,
+                         *extra], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("methods"))
-
-
-def _config(method, ablation=""):
-  from configs import synthetic
-  c = synthetic.get_config("smoke")
-  c.method, c.ablation = method, ablation
-  c.ppo.steps = 1
-  c.kd.epochs = 1
-  c.eval.update(num_questions=4, val_questions=4, rl_val_questions=4)
-  return c
+  return tmp_path_factory.mktemp("methods")
 
 
 @needs_shared
@@ -33,14 +35,22 @@ def _config(method, ablation=""):
                           "kd": "kd-ce_fkl-lam1-all-after-rl-dgpo-inverted"}),
 ])
 def test_method_runs(workdir, method, ablation, stages):
-  from dgpo_jax.pipeline import train
-  res = train.run(_config(method, ablation), workdir)
-  assert res["stages"] == stages
+  r = _main(workdir, f"--config.method={method}", f"--config.ablation={ablation}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.load(open(workdir / "results.json"))
+  assert res["stages"] == stages and res["method"] == method
   assert 0.0 <= res["test"]["student_final"]["avg"] <= 1.0
   if "rl" in stages:
-    rows = [json.loads(l) for l in open(os.path.join(workdir, f"metrics_{stages['rl']}.jsonl"))]
+    rows = [json.loads(l) for l in open(workdir / f"metrics_{stages['rl']}.jsonl")]
     assert rows[-1]["step"] == 1 and rows[-1]["skipped"] == 0.0
     if method == "grpo":  # no critic: no value metrics
-      assert "vf_loss" not in rows[-1] and rows[-1]["pg_loss"] == rows[-1]["pg_loss"]
+      assert "vf_loss" not in rows[-1] and "pg_loss" in rows[-1]
     if method == "gkd":
       assert rows[-1]["divergence"] >= 0.0
+
+
+@needs_shared
+def test_batches_must_divide_the_mesh(tmp_path):
+  r = _main(tmp_path, devices=8)  # smoke batches of 4 rows over 8 data-parallel devices
+  assert r.returncode == 2
+  assert "does not divide over the 8 data-parallel devices" in r.stderr

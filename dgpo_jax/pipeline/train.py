@@ -78,6 +78,22 @@ def plan(config) -> list:
   return [("gkd", {})]
 
 
+def check_batches(config, mesh):
+  """Every batch the run will shard must divide over the data-parallel devices."""
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  p = config.ppo
+  group = p.group_size if config.method == "grpo" else 1
+  sizes = {"kd.batch_size": config.kd.batch_size,
+           "ppo.questions_per_step × group": p.questions_per_step * group,
+           "ppo.mini_batch / micro_batches": p.mini_batch // max(p.micro_batches, 1)}
+  if "prep" in config:
+    sizes["prep.batch_size"] = config.prep.batch_size
+  for name, n in sizes.items():
+    if n % dp:
+      fail(f"{name} = {n} does not divide over the {dp} data-parallel devices of mesh "
+           f"{dict(mesh.shape)} (config.mesh={config.mesh!r})")
+
+
 def _log(msg):
   if jax.process_index() == 0:
     print(msg, flush=True)
@@ -244,6 +260,7 @@ def export_student(config, workdir, name, student: Model, params):
 def run(config, workdir):
   """Runs the configured method end to end; returns the results dict."""
   stages = plan(config)  # validates before any expensive work
+  check_batches(config, sharding.make_mesh(config.mesh))
   prep, student, teacher, tok, retriever, train_q, dev_q, test_q = setup_run(
       config, workdir, with_teacher=needs_teacher(stages))
   mesh = sharding.make_mesh(config.mesh)

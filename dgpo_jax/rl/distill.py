@@ -61,7 +61,7 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
            "entropy": (st["ent_s"] * w).sum() / n}
     if loss == "ce_fkl":
       return ce + lam * fkl, aux
-    a = taid_t(batch["step"], total_steps) if loss == "taid" else alpha
+    a = taid_t(batch["step"][0], total_steps) if loss == "taid" else alpha
     kind = {"skew_fkl": "skew_fkl", "taid": "taid", "jsd": "jsd"}[loss]
     div = fused_kl.chunked_divergence(hs, ws, ht, wt, kind, a, chunk=chunk)
     return (div * w).sum() / n, dict(aux, divergence=(div * w).sum() / n)

@@ -38,7 +38,7 @@ def _pad_to(x, n, axis, value=0.0):
 
 
 def _layout(h_s, w_s, h_t, w_t, y, block, chunk):
-  """Pads tokens to blocks and the vocabulary to chunks; returns blocked arrays."""
+  """Pads tokens to whole blocks (the head weights are sliced in place, never copied)."""
   n, v = h_s.shape[0], w_s.shape[1]
   if w_t.shape[1] != v:
     raise ValueError(f"student vocabulary {v} != teacher vocabulary {w_t.shape[1]}")
@@ -47,30 +47,37 @@ def _layout(h_s, w_s, h_t, w_t, y, block, chunk):
   hs = _pad_to(h_s, nb * block, 0).reshape(nb, block, -1)
   ht = _pad_to(h_t, nb * block, 0).reshape(nb, block, -1)
   yb = _pad_to(y, nb * block, 0).reshape(nb, block)
-  ws = _pad_to(w_s, nc * chunk, 1).reshape(w_s.shape[0], nc, chunk).transpose(1, 0, 2)
-  wt = _pad_to(w_t, nc * chunk, 1).reshape(w_t.shape[0], nc, chunk).transpose(1, 0, 2)
-  return hs, ws, ht, wt, yb, (n, v, block, chunk, nb, nc)
+  return hs, ht, yb, (n, v, block, chunk, nb, nc)
+
+
+def _chunk_start(c, chunk, v):
+  # The last chunk is shifted left to end at v (no padded copy of the weights); its columns
+  # that the previous chunk already covered are masked out.
+  return jnp.minimum(c * chunk, v - chunk)
 
 
 def _chunk_logits(h, w, c, chunk, v):
-  z = jnp.einsum("nd,dc->nc", h, w, preferred_element_type=jnp.float32)
-  col = c * chunk + jnp.arange(chunk)
-  return jnp.where(col[None] < v, z, NEG), col
+  """Logits of vocabulary chunk c ([n, chunk], masked columns = NEG) and their column ids."""
+  start = _chunk_start(c, chunk, v)
+  wc = jax.lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
+  z = jnp.einsum("nd,dc->nc", h, wc, preferred_element_type=jnp.float32)
+  col = start + jnp.arange(chunk)
+  return jnp.where(col[None] >= c * chunk, z, NEG), col
 
 
-def _block_forward(hs, ws, ht, wt, y, chunk, v):
+def _block_forward(hs, w_s, ht, w_t, y, chunk, v, nc):
   """Online statistics for one token block: scan over vocabulary chunks."""
   b = hs.shape[0]
   init = dict(ms=jnp.full((b,), NEG), ls=jnp.zeros(b), as_=jnp.zeros(b), bs=jnp.zeros(b),
               mt=jnp.full((b,), NEG), lt=jnp.zeros(b), at=jnp.zeros(b), bt=jnp.zeros(b),
               ys=jnp.zeros(b), yt=jnp.zeros(b))
 
-  def body(acc, xs):
-    c, wsc, wtc = xs
-    zs, col = _chunk_logits(hs, wsc, c, chunk, v)
-    zt, _ = _chunk_logits(ht, wtc, c, chunk, v)
+  def body(acc, c):
+    zs, col = _chunk_logits(hs, w_s, c, chunk, v)
+    zt, _ = _chunk_logits(ht, w_t, c, chunk, v)
     out = dict(acc)
-    for m, l, a, bb, z, other in (("ms", "ls", "as_", "bs", zs, zt), ("mt", "lt", "at", "bt", zt, zs)):
+    for m, l, a, bb, z, other in (("ms", "ls", "as_", "bs", zs, zt),
+                                  ("mt", "lt", "at", "bt", zt, zs)):
       m_new = jnp.maximum(acc[m], z.max(-1))
       scale = jnp.exp(acc[m] - m_new)
       e = jnp.exp(z - m_new[:, None])
@@ -78,12 +85,12 @@ def _block_forward(hs, ws, ht, wt, y, chunk, v):
       out[l] = acc[l] * scale + e.sum(-1)
       out[a] = acc[a] * scale + (e * z).sum(-1)
       out[bb] = acc[bb] * scale + (e * other).sum(-1)
-    hit = col[None] == y[:, None]
+    hit = (col[None] == y[:, None]) & (zs > NEG)
     out["ys"] = acc["ys"] + jnp.where(hit, zs, 0.0).sum(-1)
     out["yt"] = acc["yt"] + jnp.where(hit, zt, 0.0).sum(-1)
     return out, None
 
-  acc, _ = jax.lax.scan(body, init, (jnp.arange(ws.shape[0]), ws, wt))
+  acc, _ = jax.lax.scan(body, init, jnp.arange(nc))
   lse_s = acc["ms"] + jnp.log(acc["ls"])
   lse_t = acc["mt"] + jnp.log(acc["lt"])
   es_zs, es_zt = acc["as_"] / acc["ls"], acc["bs"] / acc["ls"]
@@ -95,9 +102,9 @@ def _block_forward(hs, ws, ht, wt, y, chunk, v):
 
 
 def _forward(h_s, w_s, h_t, w_t, y, block, chunk):
-  hs, ws, ht, wt, yb, (n, v, block, chunk, nb, nc) = _layout(h_s, w_s, h_t, w_t, y, block, chunk)
+  hs, ht, yb, (n, v, block, chunk, nb, nc) = _layout(h_s, w_s, h_t, w_t, y, block, chunk)
   stats, res = jax.lax.map(
-      lambda a: _block_forward(a[0], ws, a[1], wt, a[2], chunk, v), (hs, ht, yb))
+      lambda a: _block_forward(a[0], w_s, a[1], w_t, a[2], chunk, v, nc), (hs, ht, yb))
   flat = lambda x: x.reshape(-1)[:n]
   return {k: flat(s) for k, s in stats.items()}, tuple(flat(r) for r in res)
 
@@ -115,37 +122,39 @@ def _fwd(h_s, w_s, h_t, w_t, y, block, chunk):
 def _bwd(block, chunk, saved, g):
   h_s, w_s, h_t, w_t, y, res = saved
   n, d = h_s.shape
-  hs, ws, ht, wt, yb, (n, v, block, chunk, nb, nc) = _layout(h_s, w_s, h_t, w_t, y, block, chunk)
+  hs, ht, yb, (n, v, block, chunk, nb, nc) = _layout(h_s, w_s, h_t, w_t, y, block, chunk)
   blk = lambda x: _pad_to(x.astype(jnp.float32), nb * block, 0).reshape(nb, block)
   lse_s, lse_t, es_zs, es_zt = (blk(r) for r in res)
   g_lp, g_kts, g_kst, g_ent = (blk(g[k]) for k in ("logp_s", "kl_ts", "kl_st", "ent_s"))
 
-  def block_body(dws, xs):
+  def block_body(dw, xs):
     h, ht_, yy, ls, lt, ezs, ezt, a, b_, c_, e_ = xs
 
-    def chunk_body(dh, cs):
-      c, wsc, wtc = cs
-      zs, col = _chunk_logits(h, wsc, c, chunk, v)
-      zt, _ = _chunk_logits(ht_, wtc, c, chunk, v)
+    def chunk_body(carry, c):
+      dh, dw = carry
+      zs, col = _chunk_logits(h, w_s, c, chunk, v)
+      zt, _ = _chunk_logits(ht_, w_t, c, chunk, v)
       ps, pt = jnp.exp(zs - ls[:, None]), jnp.exp(zt - lt[:, None])
       onehot = (col[None] == yy[:, None]).astype(jnp.float32)
       cs_ = zs - ezs[:, None]
       dz = (a[:, None] * (onehot - ps) + b_[:, None] * (ps - pt)
             + c_[:, None] * ps * (cs_ - (zt - ezt[:, None])) - e_[:, None] * ps * cs_)
-      dz = jnp.where(col[None] < v, dz, 0.0)
-      dh = dh + jnp.einsum("nc,dc->nd", dz, wsc.astype(jnp.float32))
-      return dh, jnp.einsum("nd,nc->dc", h.astype(jnp.float32), dz)
+      dz = jnp.where(zs > NEG, dz, 0.0)  # columns of the previous chunk (overlap) or padding
+      start = _chunk_start(c, chunk, v)
+      wc = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1).astype(jnp.float32)
+      dh = dh + jnp.einsum("nc,dc->nd", dz, wc)
+      upd = jax.lax.dynamic_slice_in_dim(dw, start, chunk, axis=1) + jnp.einsum(
+          "nd,nc->dc", h.astype(jnp.float32), dz)
+      return (dh, jax.lax.dynamic_update_slice_in_dim(dw, upd, start, axis=1)), None
 
-    dh, dw = jax.lax.scan(chunk_body, jnp.zeros(h.shape, jnp.float32),
-                          (jnp.arange(nc), ws, wt))
-    return dws + dw, dh
+    (dh, dw), _ = jax.lax.scan(chunk_body, (jnp.zeros(h.shape, jnp.float32), dw),
+                               jnp.arange(nc))
+    return dw, dh
 
-  dws0 = jnp.zeros((nc, d, chunk), jnp.float32)
-  dws, dh = jax.lax.scan(block_body, dws0, (hs, ht, yb, lse_s, lse_t, es_zs, es_zt,
-                                            g_lp, g_kts, g_kst, g_ent))
+  dw, dh = jax.lax.scan(block_body, jnp.zeros((d, v), jnp.float32),
+                        (hs, ht, yb, lse_s, lse_t, es_zs, es_zt, g_lp, g_kts, g_kst, g_ent))
   dh = dh.reshape(nb * block, d)[:n].astype(h_s.dtype)
-  dw = dws.transpose(1, 0, 2).reshape(d, nc * chunk)[:, :v].astype(w_s.dtype)
-  return dh, dw, jnp.zeros_like(h_t), jnp.zeros_like(w_t), None
+  return dh, dw.astype(w_s.dtype), jnp.zeros_like(h_t), jnp.zeros_like(w_t), None
 
 
 _token_stats.defvjp(_fwd, _bwd)
@@ -241,33 +250,29 @@ def chunked_divergence(h_s, w_s, h_t, w_t, kind: str, alpha: float = 0.5, *,
   n, v = h_s.shape[0], w_s.shape[1]
   chunk = min(chunk, v)
   nc = -(-v // chunk)
-  ws = _pad_to(w_s, nc * chunk, 1).reshape(w_s.shape[0], nc, chunk).transpose(1, 0, 2)
-  wt = _pad_to(w_t, nc * chunk, 1).reshape(w_t.shape[0], nc, chunk).transpose(1, 0, 2)
   cs = jnp.arange(nc)
 
-  def logits(c, wsc, wtc):
-    zs, _ = _chunk_logits(h_s, wsc, c, chunk, v)
-    zt, _ = _chunk_logits(h_t, wtc, c, chunk, v)
+  def logits(c):
+    zs, _ = _chunk_logits(h_s, w_s, c, chunk, v)
+    zt, _ = _chunk_logits(h_t, w_t, c, chunk, v)
     zm = (1 - alpha) * jax.lax.stop_gradient(zs) + alpha * zt
     return zs, zt, zm
 
   @jax.checkpoint
-  def lse_body(carry, xs):
-    zs3 = logits(*xs)
+  def lse_body(carry, c):
+    zs3 = logits(c)
     return tuple(jnp.logaddexp(a, jax.nn.logsumexp(z, -1)) for a, z in zip(carry, zs3)), None
 
   init = tuple(jnp.full((n,), NEG) for _ in range(3))
-  (lse_s, lse_t, lse_m), _ = jax.lax.scan(lse_body, init, (cs, ws, wt))
+  (lse_s, lse_t, lse_m), _ = jax.lax.scan(lse_body, init, cs)
 
   @jax.checkpoint
-  def div_body(total, xs):
-    zs, zt, zm = logits(*xs)
-    c = xs[0]
-    valid = (c * chunk + jnp.arange(chunk))[None] < v
+  def div_body(total, c):
+    zs, zt, zm = logits(c)
     t = _div_terms(kind, zs - lse_s[:, None], zt - lse_t[:, None], zm - lse_m[:, None], alpha)
-    return total + jnp.where(valid, t, 0.0).sum(-1), None
+    return total + jnp.where(zs > NEG, t, 0.0).sum(-1), None
 
-  total, _ = jax.lax.scan(div_body, jnp.zeros((n,)), (cs, ws, wt))
+  total, _ = jax.lax.scan(div_body, jnp.zeros((n,)), cs)
   return total
 
 

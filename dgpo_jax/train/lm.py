@@ -17,7 +17,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 def make_optimizer(lr: float, steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
                    grad_clip: float = 1.0, b2: float = 0.95) -> optax.GradientTransformation:
   """AdamW with linear warmup then cosine decay to 10%, after global-norm clipping."""
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1),
+  warmup_steps = max(warmup_steps, 1)
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps,
                                              max(steps, warmup_steps + 1), end_value=0.1 * lr)
   return optax.chain(optax.clip_by_global_norm(grad_clip),
                      optax.adamw(sched, b1=0.9, b2=b2, weight_decay=weight_decay))
