@@ -28,7 +28,7 @@ def get_config(arg: str = ""):
   c = common.paper_scale(student_path="/models/Qwen2.5-0.5B-Instruct", student_preset="qwen2.5-0.5b",
                          teacher_path="/models/SearchR1-qwen2.5-3b-ppo", teacher_preset="qwen2.5-3b")
   if arg == "plan_small":  # a cheaper shape check: short sequences, small mini-batch
-    c.ppo.update(questions_per_step=16, mini_batch=8, micro_batches=2)
+    c.ppo.update(questions_per_step=16, mini_batch=16, micro_batches=2)
     c.kd.batch_size = 8
     c.plan.seq_len = 128
   elif arg:

@@ -9,7 +9,7 @@ trajectories) → KD cold start → DGPO (PPO with selective teacher KL) → tes
 student, the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # RUNTIME_FULL on 2 CPU cores; measured figures in docs/synthetic.md
+      # 29 min on 2 CPU cores (measured with other jobs running); docs/synthetic.md
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
