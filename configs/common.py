@@ -2,8 +2,14 @@
 
 Fields (all runs):
   seed: every random choice (init, data order, sampling) derives from it.
-  stage: what `main` runs. "lm": LM steps on the corpus, then a sample generation;
+  stage: what `main` runs. "train": the DGPO pipeline (setup → the method's stages → test
+    evaluation → results.json, report.md; docs/training.md); "prepare": the synthetic
+    world's preparation only; "lm": LM steps on the corpus, then a sample generation;
     "generate": load the model and generate for `generate.prompts` only.
+  method / ablation: which training plan (dgpo, ppo, sft_ppo, kd, distillm, taid, gkd,
+    grpo; ablations of dgpo), see dgpo_jax/pipeline/train.py.
+  tgo / kd / ppo / kernel / eval: the pieces of the plan (reference values by default).
+  teacher_model: the frozen teacher for pretrained-model runs; data.train/dev/test: QA files.
   model.name: a preset shape (dgpo_jax.models.config.PRESETS) for random init, or a
     pretrained model (a name like smollm2-135m, an HF directory, a .gguf file).
   model.init: "random" (preset shape) or "pretrained".
