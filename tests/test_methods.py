@@ -31,8 +31,6 @@ def workdir(tmp_path_factory):
     ("grpo", "", {"rl": "rl-grpo"}),
     ("gkd", "", {"rl": "rl-gkd"}),
     ("taid", "", {"kd": "kd-taid-lam1-all"}),
-    ("dgpo", "inverted", {"rl": "rl-dgpo-inverted",
-                          "kd": "kd-ce_fkl-lam1-all-after-rl-dgpo-inverted"}),
 ])
 def test_method_runs(workdir, method, ablation, stages):
   r = _main(workdir, f"--config.method={method}", f"--config.ablation={ablation}")
