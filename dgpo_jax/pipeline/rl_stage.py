@@ -56,6 +56,12 @@ def make_critic(student: Model, mesh, rules, seed: int) -> Model:
   return Model(student.cfg, gd, params, sh)
 
 
+def _fresh(tree):
+  # New buffers for the (donated) train state: the params it starts from may also serve,
+  # unchanged, as the PPO reference model.
+  return jax.tree.map(jnp.copy, tree)
+
+
 def _state_shardings(state_shape, txs, param_sh, mesh):
   rep = sharding.replicated(mesh)
   out = {"step": rep}
@@ -94,7 +100,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
       mode == "ppo" and pc.use_critic) else None
   if mode == "gkd":
     txs, param_sh = {"policy": tx_a}, {"policy": student.shardings}
-    init = lambda a: {"policy": {"params": a, "opt_state": tx_a.init(a)},
+    init = lambda a: {"policy": {"params": _fresh(a), "opt_state": tx_a.init(a)},
                       "step": jnp.zeros((), jnp.int32)}
     args = (student.params,)
   else:
@@ -102,7 +108,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     param_sh = {"actor": student.shardings}
     if critic is not None:
       param_sh["critic"] = critic.shardings
-    init = lambda a, cr=None: ppo.init_state(a, cr, tx_a, tx_c)
+    init = lambda a, cr=None: ppo.init_state(_fresh(a), cr, tx_a, tx_c)
     args = (student.params,) + ((critic.params,) if critic is not None else ())
   shape = jax.eval_shape(init, *args)
   state_sh = _state_shardings(shape, txs, param_sh, mesh)

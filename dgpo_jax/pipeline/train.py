@@ -272,7 +272,6 @@ def run(config, workdir):
     return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs)[0]
 
   rc = prepare.rollout_config(config)
-  reference = Model(student.cfg, student.graphdef, student.params, student.shardings)
   tag = config.method + (f"-{config.ablation}" if config.ablation else "")
   keep_all = config.tgo.keep_incorrect or config.ablation == "kd_with_incorrect_tgo"
   current, checkpoints, history, names = student.params, {}, {}, {}
@@ -293,7 +292,9 @@ def run(config, workdir):
       checkpoints["kd"] = current
     elif kind in ("rl", "gkd"):
       names["rl"] = f"rl-{tag}"
-      other = teacher if kind == "gkd" or opt["kl_target"] == "teacher" else reference
+      # PPO's reference model is the policy the RL stage starts from (the SFT/KD student in
+      # sft_ppo, the base student in ppo/grpo); DGPO's is the teacher.
+      other = teacher if kind == "gkd" or opt["kl_target"] == "teacher" else cur
       over = {k: v for k, v in opt.items() if k in ("kl_rows", "advantage")}
       current, last = run_rl(names["rl"], config, workdir, cur, other, (tok, retriever, rc),
                              train_q, mesh, rules, _log, mode="ppo" if kind == "rl" else "gkd",
