@@ -173,7 +173,8 @@ def paper_scale(student_path, student_preset, teacher_path, teacher_preset):
   batch 512, mini-batch 256, micro-batch 128, 1 PPO epoch, actor lr 1e-6 (warmup 0.285),
   critic lr 1e-5 (warmup 0.015), GAE γ = λ = 1, β = 0.001 (k1, wrong rows), KD λ = 1 for 5
   epochs, 4 turns, top-3 E5 documents from a ScaNN index of wiki-18, ≤ 1000 PPO steps.
-  Model, index and data paths are config fields to override."""
+  Model, index and data paths are config fields to override. `base()` already carries the
+  reference rollout, KD, PPO and kernel values; only what differs is set here."""
   c = base()
   c.stage = "train"
   c.method = "dgpo"
@@ -192,21 +193,12 @@ def paper_scale(student_path, student_preset, teacher_path, teacher_preset):
   c.retrieval.encoder = "e5-base-v2"
   c.retrieval.kind = "scann"
   c.retrieval.index = "/indexes/wiki18_e5_scann"
-  c.retrieval.topk = 3
   c.data.train = "/data/nq_hotpotqa/train.jsonl"
   c.data.dev = "/data/nq_hotpotqa/dev.jsonl"
   c.data.test = "/data/nq/test.jsonl"
-  c.rollout.max_turns = 4
-  c.rollout.max_turn_tokens = 500
-  c.rollout.max_obs_tokens = 500
   c.tgo.num_questions = 20000
-  c.kd.update(lam=1.0, epochs=5, batch_size=64, lr=1e-5, warmup_steps=20)
-  c.ppo.update(steps=1000, questions_per_step=512, mini_batch=256, micro_batches=2, epochs=1,
-               actor_lr=1e-6, actor_warmup_ratio=0.285, critic_lr=1e-5,
-               critic_warmup_ratio=0.015, beta=0.001, kl_estimator="k1", kl_rows="wrong",
-               val_every=200)
+  c.kd.update(batch_size=64, warmup_steps=20)
   c.train.ckpt_every = 50
   c.eval.update(num_questions=100000, val_questions=1000, rl_val_questions=500, batch_size=256)
-  c.kernel.update(impl="jnp", chunk=8192, block=1024)
   c.plan.seq_len = 4096
   return c

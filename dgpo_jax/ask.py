@@ -51,7 +51,7 @@ def main(argv):
   cli.setup_logging()
   import jax
 
-  from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+  from dgpo_jax.models.sampler import SamplingParams
   from dgpo_jax.pipeline import setup
   from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
   from dgpo_jax.utils.errors import DgpoError
@@ -73,9 +73,7 @@ def main(argv):
     rc = RolloutConfig(max_turns=c.rollout.max_turns, max_turn_tokens=c.rollout.max_turn_tokens,
                        max_obs_tokens=c.rollout.max_obs_tokens, topk=c.retrieval.topk)
     engine = RolloutEngine(None, built.tokenizer, retriever, rc)
-    need = (len(engine.prompt_ids(FLAGS.question)) + (rc.max_turns + 1) * rc.max_turn_tokens
-            + rc.max_turns * max(rc.max_obs_tokens, 128))
-    engine.sampler = Sampler(built.graphdef, built.params, bucket(need), built.tokenizer.pad_id)
+    engine.sampler = engine.sampler_for(built.graphdef, built.params, [FLAGS.question])
     sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)
           if FLAGS.sample else SamplingParams(greedy=True))
     (traj,) = engine.run([FLAGS.question], jax.random.key(FLAGS.seed), sp)

@@ -48,17 +48,11 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
   import jax
   from dgpo_jax.parallel import sharding
   from dgpo_jax.pipeline import aot
-  from dgpo_jax.utils.errors import fail
+  from dgpo_jax.pipeline.train import check_batches
   mesh = sharding.make_mesh(mesh_spec or config.mesh)
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   p = config.ppo
-  for name, rows in (("ppo.mini_batch", p.mini_batch), ("kd.batch_size", config.kd.batch_size)):
-    if rows % dp:
-      fail(f"{name}={rows} does not divide over the {dp} data-parallel devices of mesh "
-           f"{dict(mesh.shape)}")
-  if p.mini_batch % p.micro_batches or (p.mini_batch // p.micro_batches) % dp:
-    fail(f"ppo.mini_batch={p.mini_batch} / micro_batches={p.micro_batches} must leave a "
-         f"multiple of the {dp} data-parallel devices per micro-batch")
+  check_batches(config, mesh)  # the same start-up check `main` makes
   seq = seq_len or config.plan.seq_len
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
   s_cfg, t_cfg = aot.model_cfg(config.model), aot.model_cfg(config.teacher_model)

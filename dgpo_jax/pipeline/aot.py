@@ -12,12 +12,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder, ValueModel
 from dgpo_jax.parallel import sharding
-from dgpo_jax.pipeline.rl_stage import ppo_config
+from dgpo_jax.pipeline.rl_stage import ppo_config, state_shardings
 from dgpo_jax.rl import distill, ppo
 from dgpo_jax.train import lm
 
@@ -74,7 +73,6 @@ def compile_steps(config, mesh=None, seq_len: int = 0, steps=("kd", "experience"
   bsh = lambda nd: sharding.batch_sharding(mesh, nd, rules)
   tok = lambda w: _sds((rows, w), jnp.int32, bsh(2))
   f32 = lambda w: _sds((rows, w), jnp.float32, bsh(2))
-  rep = NamedSharding(mesh, P())
   out = []
   pc = ppo_config(config)
   k = config.kd
@@ -99,11 +97,8 @@ def compile_steps(config, mesh=None, seq_len: int = 0, steps=("kd", "experience"
     p = config.ppo
     tx_a, tx_c = lm.make_optimizer(p.actor_lr, p.steps), lm.make_optimizer(p.critic_lr, p.steps)
     shape = jax.eval_shape(lambda a, c: ppo.init_state(a, c, tx_a, tx_c), s_p, c_p)
-    opt = lambda tx, sh, st: lm.state_shardings(tx, {"opt_state": st}, sh, mesh)["opt_state"]
-    st_sh = {"actor": {"params": s_sh, "opt_state": opt(tx_a, s_sh, shape["actor"]["opt_state"])},
-             "critic": {"params": c_sh,
-                        "opt_state": opt(tx_c, c_sh, shape["critic"]["opt_state"])},
-             "step": rep}
+    st_sh = state_shardings(shape, {"actor": tx_a, "critic": tx_c},
+                            {"actor": s_sh, "critic": c_sh}, mesh)
     state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shape, st_sh)
     b_sh = {"tokens": bsh(2), "mask": bsh(2), **{n: bsh(2) for n in
                                                  ("old_logp", "adv", "returns", "old_values",

@@ -21,7 +21,7 @@ from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models import hf_io
 from dgpo_jax.models.decoder import Decoder
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import setup
@@ -109,10 +109,7 @@ def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=
   """Greedy rollouts; EM overall and per family. Returns (summary, trajectories)."""
   rc = rollout_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
-  longest = max(len(engine.prompt_ids(q["question"])) for q in questions)
-  need = longest + (rc.max_turns + 1) * rc.max_turn_tokens + rc.max_turns * max(
-      rc.max_obs_tokens, 128)
-  engine.sampler = Sampler(graphdef, params, bucket(need), tok.pad_id)
+  engine.sampler = engine.sampler_for(graphdef, params, [q["question"] for q in questions])
   trajs = []
   bs = config.eval.batch_size
   for s in range(0, len(questions), bs):

@@ -18,7 +18,7 @@ from flax import nnx
 
 from dgpo_jax.data import lm_data
 from dgpo_jax.models.decoder import ValueModel
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
 from dgpo_jax.rl import batch as B
 from dgpo_jax.rl import distill, ppo
@@ -62,7 +62,9 @@ def _fresh(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def _state_shardings(state_shape, txs, param_sh, mesh):
+def state_shardings(state_shape, txs, param_sh, mesh):
+  """Shardings of an on-policy train state: params as given, optimizer moments following
+  their params, counts and the step replicated."""
   rep = sharding.replicated(mesh)
   out = {"step": rep}
   for k in ("actor", "critic", "policy"):
@@ -111,7 +113,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     init = lambda a, cr=None: ppo.init_state(_fresh(a), cr, tx_a, tx_c)
     args = (student.params,) + ((critic.params,) if critic is not None else ())
   shape = jax.eval_shape(init, *args)
-  state_sh = _state_shardings(shape, txs, param_sh, mesh)
+  state_sh = state_shardings(shape, txs, param_sh, mesh)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), keep=config.train.keep_ckpts)
   restored = ckpt.restore(abstract_like(shape, state_sh))
   if restored is not None:
@@ -139,10 +141,9 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
                              tx_c, pc)
   policy_key = "policy" if mode == "gkd" else "actor"
   engine = RolloutEngine(None, tok, retriever, rc)
-  longest = max(len(engine.prompt_ids(q["question"])) for q in train_q[:256])
-  cache = bucket(longest + 32 + (rc.max_turns + 1) * rc.max_turn_tokens
-                 + rc.max_turns * max(rc.max_obs_tokens, 128))
-  engine.sampler = Sampler(student.graphdef, state[policy_key]["params"], cache, tok.pad_id)
+  # measured on a sample of the questions; the margin covers longer ones
+  engine.sampler = engine.sampler_for(student.graphdef, state[policy_key]["params"],
+                                      [q["question"] for q in train_q[:256]], margin=32)
   sp = SamplingParams(temperature=c.temperature, top_p=c.top_p)
   metrics_w = MetricsWriter(workdir, name=f"metrics_{name}", enabled=jax.process_index() == 0)
   prog = Progress(name, steps, start=start)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from dgpo_jax.data import lm_data, qa
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report
 from dgpo_jax.pipeline.rl_stage import Model, run_rl
@@ -83,14 +83,17 @@ def check_batches(config, mesh):
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   p = config.ppo
   group = p.group_size if config.method == "grpo" else 1
+  if p.mini_batch % max(p.micro_batches, 1):
+    fail(f"ppo.mini_batch={p.mini_batch} does not split into micro_batches={p.micro_batches}")
   sizes = {"kd.batch_size": config.kd.batch_size,
-           "ppo.questions_per_step × group": p.questions_per_step * group,
-           "ppo.mini_batch / micro_batches": p.mini_batch // max(p.micro_batches, 1)}
+           "ppo.questions_per_step×group": p.questions_per_step * group,
+           "ppo.mini_batch": p.mini_batch,
+           "ppo.mini_batch/micro_batches": p.mini_batch // max(p.micro_batches, 1)}
   if "prep" in config:
     sizes["prep.batch_size"] = config.prep.batch_size
   for name, n in sizes.items():
     if n % dp:
-      fail(f"{name} = {n} does not divide over the {dp} data-parallel devices of mesh "
+      fail(f"{name}={n} does not divide over the {dp} data-parallel devices of mesh "
            f"{dict(mesh.shape)} (config.mesh={config.mesh!r})")
 
 
@@ -118,10 +121,8 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
   qs = train_q[:config.tgo.num_questions]
   rc = prepare.rollout_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
-  longest = max(len(engine.prompt_ids(q["question"])) for q in qs)
-  engine.sampler = Sampler(teacher.graphdef, teacher.params, bucket(
-      longest + 32 + (rc.max_turns + 1) * rc.max_turn_tokens
-      + rc.max_turns * max(rc.max_obs_tokens, 128)), tok.pad_id)
+  engine.sampler = engine.sampler_for(teacher.graphdef, teacher.params,
+                                      [q["question"] for q in qs], margin=32)
   sp = SamplingParams(greedy=config.tgo.temperature == 0, temperature=max(
       config.tgo.temperature, 1e-6))
   trajs = []
@@ -260,10 +261,10 @@ def export_student(config, workdir, name, student: Model, params):
 def run(config, workdir):
   """Runs the configured method end to end; returns the results dict."""
   stages = plan(config)  # validates before any expensive work
-  check_batches(config, sharding.make_mesh(config.mesh))
+  mesh = sharding.make_mesh(config.mesh)
+  check_batches(config, mesh)
   prep, student, teacher, tok, retriever, train_q, dev_q, test_q = setup_run(
       config, workdir, with_teacher=needs_teacher(stages))
-  mesh = sharding.make_mesh(config.mesh)
   rules = prepare.setup.rules(config)
   dev_q = dev_q[:config.eval.val_questions]
   test_q = test_q[:config.eval.num_questions]
@@ -310,8 +311,9 @@ def run(config, workdir):
     evals.append(("student_kd", f"student_{names['kd']}", checkpoints["kd"]))
   if stages[-1][0] != "kd":
     evals.append(("student_final", f"student_final-{tag}", current))
-  for label, file_label, p in evals[2:] if teacher is not None else evals[1:]:
-    export_student(config, workdir, file_label, student, p)
+  for label, file_label, p in evals:
+    if label in ("student_kd", "student_final"):  # the trained students
+      export_student(config, workdir, file_label, student, p)
   samples = {}
   for label, file_label, p in evals:
     m = teacher if label == "teacher" else student

@@ -62,8 +62,7 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
     if loss == "ce_fkl":
       return ce + lam * fkl, aux
     a = taid_t(batch["step"][0], total_steps) if loss == "taid" else alpha
-    kind = {"skew_fkl": "skew_fkl", "taid": "taid", "jsd": "jsd"}[loss]
-    div = fused_kl.chunked_divergence(hs, ws, ht, wt, kind, a, chunk=chunk)
+    div = fused_kl.chunked_divergence(hs, ws, ht, wt, loss, a, chunk=chunk)
     return (div * w).sum() / n, dict(aux, divergence=(div * w).sum() / n)
 
   return loss_fn

@@ -28,13 +28,13 @@ NEG = -1e30  # padded vocabulary columns: finite, so 0 * NEG stays 0 (no NaN)
 STATS = ("logp_s", "logp_t", "kl_ts", "kl_st", "ent_s")
 
 
-def _pad_to(x, n, axis, value=0.0):
+def _pad_to(x, n, axis):
   pad = n - x.shape[axis]
   if pad == 0:
     return x
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, pad)
-  return jnp.pad(x, widths, constant_values=value)
+  return jnp.pad(x, widths)
 
 
 def _layout(h_s, w_s, h_t, w_t, y, block, chunk):

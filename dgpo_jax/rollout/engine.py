@@ -84,6 +84,19 @@ class RolloutEngine:
     self.stops_final = self.answer_stops + eos
     self.eos = set(tokenizer.eos_ids)
 
+  def cache_needed(self, longest_prompt: int) -> int:
+    """KV-cache slots a rollout needs for a prompt of `longest_prompt` tokens: every turn at
+    its token budget plus every observation (at least 128 slots each)."""
+    cfg = self.cfg
+    return longest_prompt + (cfg.max_turns + 1) * cfg.max_turn_tokens + cfg.max_turns * max(
+        cfg.max_obs_tokens, 128)
+
+  def sampler_for(self, graphdef, params, questions: Sequence[str], margin: int = 0) -> Sampler:
+    """A Sampler whose (bucketed) cache fits rollouts of `questions` (+ `margin` prompt
+    tokens, for questions not among those measured)."""
+    longest = max(len(self.prompt_ids(q)) for q in questions)
+    return Sampler(graphdef, params, bucket(self.cache_needed(longest + margin)), self.tok.pad_id)
+
   def prompt_ids(self, question: str) -> list:
     return self.tok.encode(self.tok.apply_chat(T.user_message(question)))
 
@@ -102,8 +115,7 @@ class RolloutEngine:
     cfg, s = self.cfg, self.sampler
     trajs = [Trajectory(q, self.prompt_ids(q)) for q in questions]
     longest = max(len(t.prompt_ids) for t in trajs)
-    need = longest + (cfg.max_turns + 1) * cfg.max_turn_tokens + cfg.max_turns * max(
-        cfg.max_obs_tokens, 128)
+    need = self.cache_needed(longest)
     if need > s.cache_size:
       raise DgpoError(f"rollout needs a cache of {need} tokens (prompt {longest} + turns), the "
                       f"sampler has {s.cache_size}; raise it or lower max_turns/max_turn_tokens")
