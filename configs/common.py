@@ -160,6 +160,7 @@ def base() -> ml_collections.ConfigDict:
   c.eval.val_questions = 200  # dev questions for KD validation
   c.eval.rl_val_questions = 200
   c.eval.batch_size = 64
+  c.eval.arcap_thinking = True  # ARCap Thinking (gold passages in context) in test evaluations
 
   c.generate = ml_collections.ConfigDict()
   c.generate.prompts = ("The capital of France is",)

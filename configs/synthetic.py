@@ -14,6 +14,8 @@ student, the teacher, the KD student and the DGPO student → results.json, repo
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # ~1.7 min: a small world and a few steps per stage (the end-to-end test's config)
+  python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
+      # every method and ablation × 3 seeds, one shared preparation (docs/results.md)
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
       # the plain LM stage on the real Wikipedia sample (~70 s)
 """
@@ -76,6 +78,10 @@ def get_config(arg: str = ""):
     c.kd.update(epochs=2, batch_size=4)
     c.ppo.update(steps=2, questions_per_step=4, group_size=2, mini_batch=4, val_every=2)
     c.kernel.update(chunk=256, block=64)
+  elif arg == "tables":  # `python -m dgpo_jax.tables`: 13 runs × 3 seeds, one preparation
+    c.eval.update(num_questions=60, val_questions=20, rl_val_questions=20)
+    c.kd.update(epochs=1)
+    c.ppo.update(steps=6, questions_per_step=8, mini_batch=16, val_every=0)
   elif arg == "lm":
     c.stage = "lm"
     c.data.corpus = common.WIKI_SAMPLE
@@ -86,5 +92,5 @@ def get_config(arg: str = ""):
     c.train.warmup_steps = 20
     c.train.log_every = 10
   elif arg:
-    raise ValueError(f"configs/synthetic.py: unknown variant {arg!r} (known: smoke, lm)")
+    raise ValueError(f"configs/synthetic.py: unknown variant {arg!r} (known: smoke, tables, lm)")
   return c

@@ -60,8 +60,8 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
   _, t_p, t_sh = aot.abstract_model(t_cfg, mesh, rules)
   student_b, teacher_b = _sharded_bytes(s_p, s_sh), _sharded_bytes(t_p, t_sh)
   rc = config.rollout
-  cache_len = seq
-  kv = (s_cfg.n_layers * p.questions_per_step * s_cfg.n_kv_heads * cache_len * s_cfg.head_dim
+  rows, cache_len = aot.rollout_shape(config)
+  kv = (s_cfg.n_layers * rows * s_cfg.n_kv_heads * cache_len * s_cfg.head_dim
         * 2 * np.dtype(s_cfg.jnp_dtype).itemsize) // dp
   steps = {}
   for c in aot.compile_steps(config, mesh, seq):
@@ -74,7 +74,8 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
   return {
       "mesh": {k: int(v) for k, v in mesh.shape.items()}, "devices": len(jax.devices()),
       "device_kind": jax.devices()[0].device_kind, "seq_len": seq,
-      "rows_per_update": p.mini_batch, "rows_per_rollout": p.questions_per_step,
+      "rows_per_update": p.mini_batch, "rows_per_rollout": rows,
+      "rollout_cache_tokens": cache_len,
       "per_device_gb": {
           "student_params": student_b / GB, "teacher_params": teacher_b / GB,
           "critic_params": student_b / GB,
@@ -86,14 +87,14 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
 
 
 def check_fit(plan: dict, device_memory_gb: float):
-  """(fits, message) for the plan's largest step plus the rollout KV cache."""
-  worst = max(s["total_gb"] for s in plan["steps"].values())
-  kv = plan["per_device_gb"]["rollout_kv_cache"]
-  need = worst + kv
-  if need > device_memory_gb:
-    return False, (f"DOES NOT FIT: the largest step needs {worst:.2f} GB per device (+ {kv:.2f} "
-                   f"GB rollout KV cache) > {device_memory_gb:.2f} GB")
-  return True, f"fits: {need:.2f} GB ≤ {device_memory_gb:.2f} GB per device"
+  """(fits, message) for the plan's largest compiled step (the rollout decode step's
+  arguments include its KV cache)."""
+  name, worst = max(((n, s["total_gb"]) for n, s in plan["steps"].items()),
+                    key=lambda x: x[1])
+  if worst > device_memory_gb:
+    return False, (f"DOES NOT FIT: {name} needs {worst:.2f} GB per device "
+                   f"> {device_memory_gb:.2f} GB")
+  return True, f"fits: {name}, the largest step, needs {worst:.2f} GB ≤ {device_memory_gb:.2f} GB"
 
 
 def main(argv):

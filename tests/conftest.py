@@ -33,3 +33,29 @@ def tiny_model():
     cfg = C.preset(name, **kw)
     return cfg, nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)))
   return make
+
+
+def run_main(workdir, *extra, config="configs/synthetic.py:lm", devices=2, timeout=600):
+  """`python -m dgpo_jax.main` in a subprocess with `devices` fake CPU devices."""
+  import subprocess
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "-m", "dgpo_jax.main", f"--config={config}",
+                         f"--workdir={workdir}", *extra], capture_output=True, text=True,
+                        cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+  """One uninterrupted run of configs/synthetic.py:smoke, shared by the tests that read it
+  (end to end, evaluate/export, crash-resume and determinism). Returns its workdir."""
+  if not os.path.isfile(WIKI):
+    pytest.skip("../shared/data not present")
+  wd = tmp_path_factory.mktemp("smoke") / "s"
+  r = run_main(wd, config="configs/synthetic.py:smoke")
+  assert r.returncode == 0, r.stderr[-3000:]
+  return wd
+
+
+def copy_prepared(src, dst):
+  from dgpo_jax.pipeline import prepare
+  prepare.copy_prepared(str(src), str(dst))

@@ -52,7 +52,11 @@ def test_corrupted_newest_falls_back_with_warning(tmp_path, capsys):
         open(os.path.join(root, f), "wb").close()
   step, _, meta = ck.restore(abstract_like(shape, ssh))
   assert step == 1 and meta["data_step"] == 1
-  assert "WARNING" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "WARNING" in err and "moved aside as corrupt-2-" in err
+  assert ck.all_steps() == [1]
+  ck.save(2, state, {"data_step": 2})  # the step can be saved again
+  assert ck.restore(abstract_like(shape, ssh))[0] == 2
 
 
 def test_no_checkpoint_returns_none(tmp_path):

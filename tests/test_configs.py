@@ -27,7 +27,9 @@ def test_plan_compiles_qwen05b_steps_and_checks_fit():
   assert len(jax.devices()) == 8
   c = qwen05b.get_config("plan_small")
   p = plan_cli.make_plan(c, "fsdp:8")
-  assert set(p["steps"]) == {"kd_update", "ppo_experience", "ppo_update"}
+  assert set(p["steps"]) == {"kd_update", "ppo_experience", "ppo_update", "rollout_decode"}
+  # the rollout segment's arguments hold this device's share of the whole KV cache
+  assert p["steps"]["rollout_decode"]["argument_gb"] >= p["per_device_gb"]["rollout_kv_cache"]
   assert all(s["tflops_per_step_per_device"] > 0 for s in p["steps"].values())
   # fsdp over 8 devices: each holds about an eighth of the f32 0.5B student (494M params)
   gb = p["per_device_gb"]["student_params"]

@@ -1,5 +1,5 @@
 """The baselines run end to end on the smoke world (`main`, one short stage each), sharing
-the preparation and TGO of one workdir; a batch that does not divide the mesh is refused."""
+the smoke run's preparation and TGO; a batch that does not divide the mesh is refused."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_shared
+from conftest import ROOT, copy_prepared, needs_shared
 
 SHORT = ("--config.ppo.steps=1", "--config.kd.epochs=1", "--config.eval.num_questions=4",
          "--config.eval.val_questions=4", "--config.eval.rl_val_questions=4")
@@ -22,8 +22,12 @@ def _main(workdir, *extra, devices=2):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  return tmp_path_factory.mktemp("methods")
+def workdir(tmp_path_factory, smoke_run):
+  """Starts from the smoke run's preparation and TGO (the same config and seed would redo
+  them identically)."""
+  wd = tmp_path_factory.mktemp("methods")
+  copy_prepared(smoke_run, wd)
+  return wd
 
 
 @needs_shared

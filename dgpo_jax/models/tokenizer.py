@@ -48,6 +48,7 @@ class HFTokenizer(Tokenizer):
   """An HF fast tokenizer file (tokenizer.json)."""
 
   def __init__(self, path: str, bos_id=None, eos_ids=(), pad_id=None, chat_format=None):
+    self.path = path
     from tokenizers import Tokenizer as _Tok
     if not os.path.isfile(path):
       fail(f"tokenizer file not found: {path}")
@@ -79,6 +80,7 @@ class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece `.model` file."""
 
   def __init__(self, path: str, eos_ids=None, chat_format=None):
+    self.path = path
     import sentencepiece as spm
     if not os.path.isfile(path):
       fail(f"tokenizer file not found: {path}")

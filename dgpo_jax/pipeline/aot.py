@@ -58,8 +58,15 @@ def _sds(shape, dtype, sh):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
 
 
-def compile_steps(config, mesh=None, seq_len: int = 0, steps=("kd", "experience", "ppo")):
-  """Lowers and compiles the named steps from abstract shapes; returns [Compiled]."""
+def compile_steps(config, mesh=None, seq_len: int = 0,
+                  steps=("kd", "experience", "ppo", "rollout")):
+  """Lowers and compiles the named steps from abstract shapes; returns [Compiled].
+
+  "rollout" is one generation segment of the agentic rollout: the sampler's jitted decode
+  of `rollout.max_turn_tokens` tokens for `ppo.questions_per_step × group_size` rows over a
+  KV cache sized for the whole trajectory (prompt + every turn and observation), rows split
+  over the data axes.
+  """
   mesh = mesh or sharding.make_mesh(config.mesh)
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
   s_cfg, t_cfg = model_cfg(config.model), model_cfg(config.teacher_model)
@@ -107,4 +114,39 @@ def compile_steps(config, mesh=None, seq_len: int = 0, steps=("kd", "experience"
     batch = {"tokens": tok(t + 1), "mask": tok(t + 1),
              **{n: f32(t) for n in ("old_logp", "adv", "returns", "old_values", "gen")}}
     out.append(Compiled("ppo_update", upd.lower(state, batch, jax.random.key(0)).compile()))
+  if "rollout" in steps:
+    out.append(Compiled("rollout_decode", _lower_decode(config, s_gd, s_p, mesh, rules)))
   return out
+
+
+def rollout_shape(config) -> tuple:
+  """(rows, KV-cache tokens) of one rollout batch: every question's group, and a cache for a
+  prompt of `plan.prompt_tokens` plus every turn and observation (as `RolloutEngine` sizes it)."""
+  from dgpo_jax.models.sampler import bucket
+  r, p = config.rollout, config.ppo
+  prompt = config.plan.get("prompt_tokens", 256)
+  return p.questions_per_step * p.group_size, bucket(
+      prompt + (r.max_turns + 1) * r.max_turn_tokens + r.max_turns * max(r.max_obs_tokens, 128))
+
+
+def _lower_decode(config, graphdef, params, mesh, rules):
+  from dgpo_jax.models.decoder import init_cache
+  from dgpo_jax.models.sampler import Sampler, SamplerState, SamplingParams, bucket
+  r = config.rollout
+  rows, cache = rollout_shape(config)
+  s = Sampler(graphdef, params, cache, 0)
+  shape = jax.eval_shape(lambda: SamplerState(init_cache(s.cfg, rows, cache),
+                                              jnp.zeros((rows,), jnp.int32),
+                                              jnp.zeros((rows, s.cfg.vocab_size), jnp.float32)))
+  row_axes = sharding.batch_sharding(mesh, 1, rules).spec[0]
+  cache_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, row_axes))
+  st = SamplerState({k: _sds(v.shape, v.dtype, cache_sh) for k, v in shape.cache.items()},
+                    _sds((rows,), jnp.int32, sharding.batch_sharding(mesh, 1, rules)),
+                    _sds((rows, s.cfg.vocab_size), jnp.float32,
+                         sharding.batch_sharding(mesh, 2, rules)))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return s._decode.lower(
+      params, st, jax.random.key(0), _sds((rows,), jnp.bool_, sharding.batch_sharding(
+          mesh, 1, rules)), _sds((), jnp.int32, rep), _sds((4, 3), jnp.int32, rep),
+      _sds((4,), jnp.int32, rep), sp=SamplingParams(temperature=r.temperature, top_p=r.top_p),
+      width=bucket(r.max_turn_tokens), attn_window=cache).compile()

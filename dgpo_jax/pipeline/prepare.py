@@ -206,3 +206,22 @@ def run(config, workdir):
       json.dump(results, f, indent=2)
     os.replace(done_f + ".tmp", done_f)
   return results, models, tok, retriever
+
+
+PREPARED = ("world", "tokenizer", "models/student", "models/teacher", "checkpoints/student_lm",
+            "checkpoints/teacher_lm", "checkpoints/teacher_sft", "prepare_result.json", "tgo")
+
+
+def copy_prepared(src: str, dst: str):
+  """Copies what `prepare` and TGO left in `src` (world, tokenizer, pretrained and SFT'd
+  models, the teacher's trajectories) into `dst`, so runs there start at KD/RL with the same
+  inputs. Existing entries of `dst` are kept."""
+  for rel in PREPARED:
+    s, d = os.path.join(src, rel), os.path.join(dst, rel)
+    if os.path.exists(d):
+      continue
+    if os.path.isdir(s):
+      shutil.copytree(s, d)
+    elif os.path.isfile(s):
+      os.makedirs(os.path.dirname(d), exist_ok=True)
+      shutil.copy(s, d)

@@ -79,3 +79,18 @@ def write(workdir, config, results, history, samples):
                + "\n```\n")
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write("".join(p if p.endswith("\n") else p + "\n" for p in parts))
+
+
+def write_eval(workdir, config, results, table, samples):
+  """`report.md` for an evaluate run: checkpoint, data, tables, sample trajectories."""
+  parts = [f"# dgpo-jax evaluation of `{results['checkpoint']}`\n",
+           f"Datasets: {', '.join(results['datasets'])}. Greedy decoding. Wall time "
+           f"{results['wall_s']} s. Workdir: `{workdir}`.\n", "\n## Results\n\n", table]
+  for name, s in samples.items():
+    for kind in ("correct", "wrong"):
+      if s.get(kind):
+        parts.append(f"\n## Sample trajectory: {name}, {kind}\n\n```\n{s[kind]}\n```\n")
+  parts.append("\n## Config\n\n```json\n" + json.dumps(config.to_dict(), indent=1, default=str)
+               + "\n```\n")
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("".join(p if p.endswith("\n") else p + "\n" for p in parts))

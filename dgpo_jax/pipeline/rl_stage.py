@@ -208,7 +208,8 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     prog.update(0, extra=f"em {m['em']:.3f} kl {m.get('kl', 0):.4f} "
                          f"searches {m['searches_per_question']:.2f}",
                 force=(step + 1) % config.train.log_every == 0)
-    if (step + 1) % config.train.ckpt_every == 0 or step + 1 == steps:
+    # A skipped step is never saved: the newest checkpoint stays the last good one.
+    if ((step + 1) % config.train.ckpt_every == 0 or step + 1 == steps) and not bad:
       ckpt.save(step + 1, state, {"step": step + 1, "seed": config.seed})
   ckpt.close()
   return state[policy_key]["params"], last

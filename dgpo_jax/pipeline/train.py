@@ -25,6 +25,8 @@ import jax
 import numpy as np
 
 from dgpo_jax.data import lm_data, qa
+from dgpo_jax.eval import arcap
+from dgpo_jax.eval import evaluate as E
 from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report
@@ -315,6 +317,9 @@ def run(config, workdir):
     if label in ("student_kd", "student_final"):  # the trained students
       export_student(config, workdir, file_label, student, p)
   samples = {}
+  corpus = (os.path.join(workdir, "world", "corpus.jsonl") if "world" in config
+            else config.data.corpus)
+  passages = E.read_passages(corpus, {i for q in test_q for i in (q.get("gold_ids") or [])})
   for label, file_label, p in evals:
     m = teacher if label == "teacher" else student
     f = os.path.join(workdir, "eval", f"test_{file_label}.json")
@@ -323,6 +328,10 @@ def run(config, workdir):
     else:
       summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q)
       row = dict(summary, samples=report.sample_trajectories(trajs, test_q, tok))
+      row["arcap"] = arcap.query_and_source(test_q, trajs, tok)
+      if config.eval.arcap_thinking:
+        row["arcap"]["thinking_em"], row["arcap"]["thinking_n"] = E.thinking(
+            m.graphdef, p, tok, retriever, rc, test_q, passages, config.eval.batch_size)
       _write_json(f, row)
       _log(f"[eval] {label} test EM: {summary}")
     samples[label] = row.pop("samples", {})

@@ -110,16 +110,31 @@ class RolloutEngine:
     room = max(0, self.cfg.max_obs_tokens - len(head) - len(tail))
     return head + body[:room] + tail
 
-  def run(self, questions: Sequence[str], rng, sp: SamplingParams = SamplingParams()
-          ) -> list[Trajectory]:
+  def run(self, questions: Sequence[str], rng, sp: SamplingParams = SamplingParams(),
+          contexts: Optional[Sequence[Sequence]] = None) -> list[Trajectory]:
+    """Rolls out `questions`; returns one Trajectory per question.
+
+    Args:
+      contexts: optional documents per question, shown as an information block right after
+        the prompt (before the model's first turn), e.g. gold passages for ARCap's Thinking
+        (run it with max_turns=0 so the model answers without searching).
+    """
     cfg, s = self.cfg, self.sampler
     trajs = [Trajectory(q, self.prompt_ids(q)) for q in questions]
     longest = max(len(t.prompt_ids) for t in trajs)
-    need = self.cache_needed(longest)
+    need = self.cache_needed(longest) + (cfg.max_obs_tokens if contexts is not None else 0)
     if need > s.cache_size:
       raise DgpoError(f"rollout needs a cache of {need} tokens (prompt {longest} + turns), the "
                       f"sampler has {s.cache_size}; raise it or lower max_turns/max_turn_tokens")
     st = s.prefill([t.prompt_ids for t in trajs])
+    if contexts is not None:
+      chunks = [self.observation_ids(docs) for docs in contexts]
+      for t, ch in zip(trajs, chunks):
+        t.response_ids += ch
+        t.loss_mask += [0] * len(ch)
+        t.logprobs += [0.0] * len(ch)
+        t.turns.append({"kind": "observation", "start": 0, "end": len(ch)})
+      st = s.append(st, chunks)
     for turn in range(cfg.max_turns + 1):
       final = turn == cfg.max_turns
       live = [i for i, t in enumerate(trajs) if not t.done]

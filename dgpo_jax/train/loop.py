@@ -75,21 +75,23 @@ def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
       bad += 1
       log(f"[{name}] step {step + 1}: non-finite loss or gradient; step skipped "
           f"({bad} in a row)")
-      metrics.write(step + 1, skipped=1.0)
-      if bad >= fc.max_bad_steps:
-        ckpt.close()
-        fail(f"[{name}] {bad} consecutive non-finite steps (last at step {step + 1}); stopped. "
-             f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
     else:
       bad = 0
-    if (step + 1) % fc.log_every == 0 or step + 1 == fc.steps:
+    if bad and (step + 1) % fc.log_every and step + 1 != fc.steps:  # else the log row says it
+      metrics.write(step + 1, skipped=1.0)
+    elif (step + 1) % fc.log_every == 0 or step + 1 == fc.steps or bad >= fc.max_bad_steps:
       last = {k: float(v) for k, v in jax.device_get(m).items()}
       now = time.time()
       last["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
       t_last, tokens = now, 0
       metrics.write(step + 1, **last)
       prog.update(0, extra=f"loss {last['loss']:.4f}", force=True)
-    if (step + 1) % fc.ckpt_every == 0 or step + 1 == fc.steps:
+    if bad >= fc.max_bad_steps:
+      ckpt.close()
+      fail(f"[{name}] {bad} consecutive non-finite steps (last at step {step + 1}); stopped. "
+           f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+    # A skipped step is never saved: the newest checkpoint stays the last good one.
+    if ((step + 1) % fc.ckpt_every == 0 or step + 1 == fc.steps) and not bad:
       ckpt.save(step + 1, state, {"data_step": step + 1, "seed": seed})
   ckpt.close()
   return state["params"], last

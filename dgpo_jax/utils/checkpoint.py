@@ -4,11 +4,13 @@ A checkpoint step directory only becomes visible to `latest_step()` once orbax h
 finalized it (it writes under a temporary name and renames), so a crash mid-save never
 leaves a half-written checkpoint that looks complete. Restoring takes an abstract target
 whose leaves carry shardings, so a state saved on one mesh restores onto another.
-If the newest checkpoint cannot be read it is reported and the previous one is used.
+If the newest checkpoint cannot be read it is reported, moved aside (`corrupt-<step>-<time>`)
+and the previous one is used.
 """
 
 import os
 import sys
+import time
 from typing import Any, Optional
 
 import jax
@@ -54,27 +56,53 @@ class Checkpointer:
     """Restores (step, state, meta), falling back to older steps if the newest is unreadable.
 
     Args:
-      abstract_state: pytree of jax.ShapeDtypeStruct with the target shardings.
+      abstract_state: pytree of jax.ShapeDtypeStruct with the target shardings; None reads
+        the saved tree as it is onto this host's first device, whatever mesh saved it.
       step: a specific step; default the newest readable one.
 
     Returns:
       (step, state, meta), or None when there is no checkpoint.
     """
     steps = [step] if step is not None else self.all_steps()[::-1]
-    errors = []
+    errors, bad = [], []
     for s in steps:
       try:
+        target = abstract_state if abstract_state is not None else self._local_target(s)
         out = self.mngr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         if errors:
+          moved = self._set_aside(bad)
           print(f"[checkpoint] WARNING: newest checkpoint(s) unreadable, restored step {s} "
-                f"instead: {'; '.join(errors)}", file=sys.stderr, flush=True)
+                f"instead: {'; '.join(errors)}; moved aside as {', '.join(moved)}",
+                file=sys.stderr, flush=True)
         return s, out["state"], out["meta"]
       except Exception as e:  # orbax raises many types for corrupted/mismatched files
         errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        bad.append(s)
     if errors:
       fail(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
     return None
+
+  def _local_target(self, step: int):
+    """The saved state's shapes and dtypes, placed on this host's first device."""
+    md = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+    tree = getattr(md, "item_metadata", md)
+    tree = getattr(tree, "tree", tree)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
+
+  def _set_aside(self, steps) -> list:
+    """Renames unreadable step directories to `corrupt-<step>-<time>` (kept for inspection,
+    invisible to orbax), so the run can save those steps again."""
+    names = []
+    for st in steps:
+      src = os.path.join(self.directory, str(st))
+      dst = os.path.join(self.directory, f"corrupt-{st}-{int(time.time())}")
+      if jax.process_index() == 0 and os.path.isdir(src):
+        os.replace(src, dst)
+      names.append(os.path.basename(dst))
+    self.mngr.reload()
+    return names
 
   def close(self):
     self.mngr.close()

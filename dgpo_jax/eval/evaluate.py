@@ -1,0 +1,142 @@
+"""Evaluation on QA files: EM (primary) and F1 per dataset, plus ARCap (docs/arcap.md).
+
+Decoding is greedy, as the reference validates. Loading checkpoints against a config lives
+in `pipeline/evaluate_stage.py`; this module only needs a model, a tokenizer and a retriever.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from dgpo_jax.data import corpus as corpus_lib
+from dgpo_jax.data import qa
+from dgpo_jax.eval import arcap
+from dgpo_jax.eval.metrics import exact_match, token_f1
+from dgpo_jax.models.sampler import SamplingParams
+from dgpo_jax.retrieval.retriever import Doc
+from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
+from dgpo_jax.utils.errors import fail
+
+def params_from_state(state: dict, where: str) -> dict:
+  """The policy params inside a saved train state (LM/KD: params; PPO: actor; GKD: policy)."""
+  for path in (("params",), ("actor", "params"), ("policy", "params")):
+    node = state
+    for k in path:
+      node = node.get(k) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      return node
+  fail(f"{where}: no params in the checkpoint (top-level keys: {sorted(state)})")
+
+
+def read_passages(corpus_path: str, ids: set) -> dict:
+  """id → (title, text) for the wanted ids (one streaming pass over the corpus)."""
+  out = {}
+  if not ids or not corpus_path or not os.path.isfile(corpus_path):
+    return out
+  for p in corpus_lib.iter_corpus(corpus_path, skip_bad=True):
+    if p.id in ids:
+      out[p.id] = (p.title, p.text)
+      if len(out) == len(ids):
+        break
+  return out
+
+
+def _rollouts(engine, questions, batch_size, contexts=None):
+  out = []
+  t0 = time.time()
+  for s in range(0, len(questions), batch_size):
+    ctx = None if contexts is None else contexts[s:s + batch_size]
+    out += engine.run([q["question"] for q in questions[s:s + batch_size]], jax.random.key(0),
+                      SamplingParams(greedy=True), contexts=ctx)
+    done = len(out)
+    rate = done / max(time.time() - t0, 1e-9)
+    print(f"[evaluate]   {done}/{len(questions)} questions, {rate:.2f} q/s, "
+          f"ETA {(len(questions) - done) / max(rate, 1e-9):.0f} s", flush=True)
+  return out
+
+
+def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.QAFile,
+                     batch_size: int, passages: dict, thinking_too: bool = True) -> tuple:
+  """(figures, trajectories) of one QA file."""
+  rows = f.rows
+  engine = RolloutEngine(None, tok, retriever, rc)
+  engine.sampler = engine.sampler_for(graphdef, params,
+                                      [q["question"] for q in rows])
+  trajs = _rollouts(engine, rows, batch_size)
+  em = [exact_match(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
+  f1 = [token_f1(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
+  out = {"n": len(rows), "skipped_no_answer": f.skipped_no_answer, "em": float(np.mean(em)),
+         "f1": float(np.mean(f1)), "answered": float(np.mean([t.answer is not None
+                                                               for t in trajs]))}
+  fams = sorted({q["family"] for q in rows if "family" in q})
+  if fams:
+    out["em_by_family"] = {fam: float(np.mean([e for q, e in zip(rows, em)
+                                               if q.get("family") == fam])) for fam in fams}
+  out["arcap"] = arcap.query_and_source(rows, trajs, tok)
+  out["arcap"]["thinking_em"], out["arcap"]["thinking_n"] = (
+      thinking(graphdef, params, tok, retriever, rc, rows, passages, batch_size)
+      if thinking_too else (None, 0))
+  return out, trajs
+
+
+def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages: dict,
+             batch_size: int) -> tuple:
+  """ARCap Thinking: (EM with the gold passages in context and no search, rows counted);
+  (None, 0) when no row has gold passages."""
+  gold = [arcap.gold_context(q, passages) for q in rows]
+  have = [i for i, g in enumerate(gold) if g]
+  if not have:
+    return None, 0
+  te = RolloutEngine(None, tok, retriever, dataclasses.replace(rc, max_turns=0))
+  te.sampler = te.sampler_for(graphdef, params, [rows[i]["question"] for i in have],
+                              margin=rc.max_obs_tokens)
+  ctx = [[Doc(f"gold{j}", title, text, 0.0) for j, (title, text) in enumerate(gold[i])]
+         for i in have]
+  print(f"[evaluate]   Thinking: {len(have)} questions with gold passages", flush=True)
+  tt = _rollouts(te, [rows[i] for i in have], batch_size, ctx)
+  return float(np.mean([exact_match(t.answer, rows[i]["golden_answers"])
+                        for i, t in zip(have, tt)])), len(have)
+
+
+def markdown(results: dict) -> str:
+  """Markdown tables: EM/F1 per dataset (+ average) and ARCap per dataset."""
+  ds = results["datasets"]
+  fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"
+  s = "| dataset | n | EM | F1 | answered |\n|---|---|---|---|---|\n"
+  for name, r in ds.items():
+    s += f"| {name} | {r['n']} | **{fmt(r['em'])}** | {fmt(r['f1'])} | {fmt(r['answered'])} |\n"
+  s += (f"| average | {sum(r['n'] for r in ds.values())} | **{fmt(results['average']['em'])}**"
+        f" | {fmt(results['average']['f1'])} | |\n")
+  fams = sorted({f for r in ds.values() for f in r.get("em_by_family", {})})
+  if fams:
+    s += "\nEM per question family:\n\n| dataset | " + " | ".join(fams) + " |\n"
+    s += "|---" * (len(fams) + 1) + "|\n"
+    for name, r in ds.items():
+      s += f"| {name} | " + " | ".join(fmt(r.get("em_by_family", {}).get(f)) for f in fams) + " |\n"
+  s += ("\nARCap (docs/arcap.md):\n\n| dataset | Thinking EM (gold ctx) | hit ratio first | "
+        "hit ratio all | searches/q | EM when gold retrieved | answer in retrieved |\n"
+        "|---|---|---|---|---|---|---|\n")
+  for name, r in ds.items():
+    a = r["arcap"]
+    think = fmt(a["thinking_em"]) + (f" (n={a['thinking_n']})" if a["thinking_em"] is not None
+                                     else "")
+    s += (f"| {name} | {think} | {fmt(a['hit_ratio_first'])} | {fmt(a['hit_ratio_all'])} | "
+          f"{fmt(a['searches_per_question'], 2)} | {fmt(a['em_given_gold_retrieved'])} | "
+          f"{fmt(a['answer_in_retrieved_share'])} |\n")
+  return s
+
+
+def average(datasets: dict) -> dict:
+  """Unweighted mean over datasets (as the paper averages benchmarks)."""
+  return {k: float(np.mean([r[k] for r in datasets.values()])) for k in ("em", "f1")}
+
+
+def write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as fh:
+    json.dump(obj, fh, indent=1)
+  os.replace(tmp, path)

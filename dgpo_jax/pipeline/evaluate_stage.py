@@ -1,0 +1,238 @@
+"""The evaluate command: a checkpoint, a config and QA files → EM/F1 per dataset + ARCap.
+
+A checkpoint is either an HF directory (config.json + safetensors + tokenizer: a pretrained
+model, or a student `main` exported under WORKDIR/models) or an orbax stage directory of a
+run (`WORKDIR/checkpoints/<stage>`, e.g. KD or RL; its params are read from the newest
+readable step). Either must match a model the config describes (its student or teacher),
+checked before any rollout. Products in the output workdir: results.json, results.md and
+report.md.
+"""
+
+import dataclasses
+import json
+import os
+import time
+import types
+from typing import Optional
+
+import jax
+
+from dgpo_jax.data import qa
+from dgpo_jax.eval import evaluate as E
+from dgpo_jax.models import config as model_config
+from dgpo_jax.models import hf_io, registry
+from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
+from dgpo_jax.parallel import sharding
+from dgpo_jax.pipeline import prepare, report, setup
+from dgpo_jax.utils.checkpoint import Checkpointer
+from dgpo_jax.utils.errors import DgpoError, fail
+
+ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size")
+
+
+@dataclasses.dataclass
+class Loaded:
+  cfg: model_config.ModelConfig
+  graphdef: object
+  params: dict
+  tokenizer: Tokenizer
+  run_workdir: Optional[str]  # the training run the checkpoint came from, when known
+
+
+def expected_models(config) -> dict:
+  """{role: ModelConfig} of the models the config describes, from configs and HF config.json
+  files only (no weights): the synthetic world's student and teacher, or the pretrained
+  `model` and `teacher_model`."""
+  if "world" in config:
+    V = config.tokenizer.vocab_size
+    tok = types.SimpleNamespace(vocab_size=V, eos_ids=(1,), pad_id=0, bos_id=None)
+    return {w: prepare.model_cfg(config, w, tok) for w in ("student", "teacher")}
+  out = {}
+  for role, m in (("student", config.model), ("teacher", config.get("teacher_model"))):
+    if m is not None and m.name and (role == "teacher" or m.init == "pretrained"):
+      out[role] = hf_io.read_hf_config(registry.resolve(m.name)).replace(
+          param_dtype=config.model.param_dtype, dtype=config.model.dtype)
+  return out
+
+
+def _arch_diffs(cfg, expected: dict) -> Optional[str]:
+  """None when `cfg` matches one of the expected models, else what differs from each."""
+  diffs = []
+  for role, e in expected.items():
+    d = [f"{f} {getattr(cfg, f)} vs {getattr(e, f)}" for f in ARCH_FIELDS
+         if getattr(cfg, f) != getattr(e, f)]
+    if not d:
+      return None
+    diffs.append(f"{role}: {', '.join(d)}")
+  return "; ".join(diffs)
+
+
+def _find_run_workdir(path: str) -> Optional[str]:
+  """The training run directory above a checkpoint (holding world/ or results.json)."""
+  d = os.path.abspath(path)
+  for _ in range(3):
+    d = os.path.dirname(d)
+    if any(os.path.exists(os.path.join(d, f)) for f in ("world", "results.json", "config.json")):
+      return d
+  return None
+
+
+def _run_tokenizer(config, run: Optional[str], where: str, cfg) -> Tokenizer:
+  if config.tokenizer.kind == "sentencepiece":
+    spm = os.path.join(run or "?", "tokenizer", f"spm{config.tokenizer.vocab_size}.model")
+    if not os.path.isfile(spm):
+      fail(f"{where}: cannot find the run's tokenizer ({spm}); evaluate the HF export under "
+           f"WORKDIR/models instead, or keep the checkpoint inside its run directory")
+    return SentencePieceTokenizer(spm, chat_format="plain")
+  return load_tokenizer(registry.resolve(config.model.name), bos_id=cfg.bos_id,
+                        eos_ids=cfg.eos_ids, pad_id=cfg.pad_id)
+
+
+def load_checkpoint(config, path: str, mesh, rules, run_workdir: str = "") -> Loaded:
+  """Loads an HF directory or an orbax stage directory as one of the config's models.
+
+  `run_workdir` names the training run the checkpoint belongs to (its tokenizer, and for
+  the synthetic world its index and corpus); by default the run directory above it."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    fail(f"--checkpoint={path}: no such directory")
+  expected = expected_models(config)
+  m = config.model
+  if os.path.isfile(os.path.join(path, "config.json")):
+    diff = _arch_diffs(hf_io.read_hf_config(path), expected) if expected else None
+    if diff:
+      fail(f"--checkpoint={path} does not match the config's models (checkpoint vs config): "
+           f"{diff}")
+    cfg, gd, params, _, tok = setup.load_pretrained(path, m.param_dtype, m.dtype, mesh, rules)
+    return Loaded(cfg, gd, params, tok, run_workdir or _find_run_workdir(path))
+  ckpt = Checkpointer(path)
+  if not ckpt.all_steps():
+    ckpt.close()
+    fail(f"--checkpoint={path}: neither an HF directory (config.json) nor an orbax "
+         f"checkpoint directory (numbered steps)")
+  step, state, _ = ckpt.restore(None)
+  ckpt.close()
+  where = f"--checkpoint={path} (step {step})"
+  params = jax.tree.map(jax.device_get, E.params_from_state(state, where))
+  run = run_workdir or _find_run_workdir(path)
+  errors = []
+  for role, cfg in expected.items():
+    tok = _run_tokenizer(config, run, where, cfg)
+    if "world" in config:
+      cfg = prepare.model_cfg(config, role, tok)
+    cfg = cfg.replace(param_dtype=m.param_dtype, dtype=m.dtype)
+    shard = sharding.state_shardings(registry.abstract_state(cfg)[1], mesh, rules)
+    try:
+      gd, placed = registry.place_params(cfg, params, shard)
+    except DgpoError as e:
+      errors.append(f"{role}: {e}")
+      continue
+    print(f"[evaluate] {where}: the config's {role}", flush=True)
+    return Loaded(cfg, gd, placed, tok, run)
+  fail(f"{where} does not match the config's models: {'; '.join(errors) or 'none described'}")
+
+
+def default_data(config, run: Optional[str]) -> list:
+  if "world" in config and run:
+    return [f"synthetic_test={os.path.join(run, 'world', 'test.jsonl')}"]
+  if config.data.test:
+    return [config.data.test]
+  fail("--data is empty and the config names no test file (config.data.test)")
+
+
+def retriever_for(config, run: Optional[str]):
+  if "world" in config:
+    idx = os.path.join(run or "?", "world", "index_bm25")
+    if not os.path.isfile(os.path.join(idx, "meta.json")):
+      fail(f"the synthetic world's index {idx} does not exist: evaluate a checkpoint inside "
+           f"its run directory, or set --config.retrieval.url")
+    with config.unlocked():
+      config.retrieval.index, config.retrieval.encoder = idx, "bm25"
+  return setup.build_retriever(config)
+
+
+def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
+        max_questions: int = 0, thinking: bool = True, run_workdir: str = "") -> dict:
+  """Evaluates `checkpoint` on each QA file; writes results.json, results.md, report.md."""
+  t0 = time.time()
+  mesh = sharding.make_mesh(config.mesh)
+  rules = setup.rules(config)
+  loaded = load_checkpoint(config, checkpoint, mesh, rules, run_workdir)
+  files = [qa.read_qa(s) for s in (data or default_data(config, loaded.run_workdir))]
+  for f in files:
+    if f.skipped_no_answer:
+      print(f"[evaluate] {f.name}: {f.skipped_no_answer} rows without answers skipped",
+            flush=True)
+    if max_questions:
+      f.rows = f.rows[:max_questions]
+  retriever = retriever_for(config, loaded.run_workdir)
+  corpus = corpus or (os.path.join(loaded.run_workdir, "world", "corpus.jsonl")
+                      if "world" in config and loaded.run_workdir else config.data.corpus)
+  want = {i for f in files for r in f.rows for i in (r.get("gold_ids") or [])}
+  passages = E.read_passages(corpus, want)
+  rc = prepare.rollout_config(config)
+  out = {"checkpoint": os.path.abspath(checkpoint), "model": dataclasses.asdict(loaded.cfg),
+         "datasets": {}}
+  samples = {}
+  for f in files:
+    print(f"[evaluate] {f.name}: {len(f.rows)} questions", flush=True)
+    figs, trajs = E.evaluate_dataset(loaded.graphdef, loaded.params, loaded.tokenizer,
+                                     retriever, rc, f, config.eval.batch_size, passages,
+                                     thinking_too=thinking)
+    out["datasets"][f.name] = figs
+    samples[f.name] = report.sample_trajectories(trajs, f.rows, loaded.tokenizer)
+    print(f"[evaluate] {f.name}: EM {figs['em']:.3f} F1 {figs['f1']:.3f}", flush=True)
+  out["average"] = E.average(out["datasets"])
+  out["wall_s"] = round(time.time() - t0, 1)
+  table = E.markdown(out)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    E.write_json(os.path.join(workdir, "results.json"), out)
+    with open(os.path.join(workdir, "results.md"), "w") as fh:
+      fh.write(table)
+    report.write_eval(workdir, config, out, table, samples)
+  print(table, flush=True)
+  return out
+
+
+PLAIN_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def export(config, checkpoint: str, out: str) -> str:
+  """Writes `checkpoint` (HF or orbax stage directory) as a transformers-loadable directory:
+  config.json, safetensors, generation config, tokenizer files and a chat template."""
+  path = os.path.abspath(checkpoint)
+  if config is None:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      fail(f"--checkpoint={path}: an orbax checkpoint needs --config (which model it is)")
+    lm = registry.load(path)
+    cfg, params, tok, tok_dir = lm.cfg, lm.params, lm.tokenizer, path
+  else:
+    mesh = sharding.make_mesh(config.mesh)
+    loaded = load_checkpoint(config, path, mesh, setup.rules(config))
+    cfg, tok = loaded.cfg, loaded.tokenizer
+    params = jax.tree.map(jax.device_get, loaded.params)
+    if os.path.isfile(os.path.join(path, "config.json")):
+      tok_dir = path
+    elif config.tokenizer.kind == "sentencepiece":
+      tok_dir = None
+    else:
+      tok_dir = registry.resolve(config.model.name)
+  extra = {}
+  if tok_dir is None or not any(os.path.isfile(os.path.join(tok_dir, f))
+                                for f in ("tokenizer.json", "tokenizer.model")):
+    extra["tokenizer.model"] = open(tok.path, "rb").read()
+  fmt = tok.chat_format or "plain"
+  has_cfg = tok_dir and os.path.isfile(os.path.join(tok_dir, "tokenizer_config.json"))
+  if not has_cfg:
+    extra["tokenizer_config.json"] = {
+        "tokenizer_class": "LlamaTokenizer" if "tokenizer.model" in extra else
+        "PreTrainedTokenizerFast", "chat_template": PLAIN_TEMPLATE if fmt == "plain" else None,
+        "eos_token": tok.sp.id_to_piece(cfg.eos_ids[0]) if hasattr(tok, "sp") and cfg.eos_ids
+        else None,
+        "add_bos_token": False, "add_eos_token": False}
+  if fmt == "plain":  # ChatML formats keep the template of the copied tokenizer_config.json
+    extra["chat_template.jinja"] = PLAIN_TEMPLATE
+  hf_io.export_hf(out, cfg, params, tokenizer_dir=tok_dir, extra_files=extra)
+  print(f"[export] {path} → {out} ({cfg.num_params() / 1e6:.2f}M params)", flush=True)
+  return out

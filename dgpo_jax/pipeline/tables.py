@@ -1,0 +1,198 @@
+"""The paper's tables on the synthetic world: every method and ablation over several seeds.
+
+One preparation and one TGO serve every run: the world, the SFT'd teacher and the pretrained
+student are the fixed environment (as the paper's pretrained teacher is), and the teacher's
+greedy trajectories do not depend on the seed. Each seed then has its own workdir, where the
+methods share identical KD stages by name (dgpo, kd and the ablations after KD share one)
+and the base-student and teacher evaluations. Runs happen in this process one after another,
+so XLA's compiled steps are reused across methods of the same shapes.
+
+Products in the workdir: `runs/seed<S>/<method>[-<ablation>].json` (each run's results),
+`tables.json`, `tables.md` (main, ablation and ARCap tables, mean ± std over seeds) and
+`curves.png` (EM, reward, KL and entropy vs RL step, mean over seeds).
+"""
+
+import copy
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from dgpo_jax.pipeline import prepare, train
+from dgpo_jax.pipeline.report import FAMILIES
+from dgpo_jax.utils.errors import fail
+
+MAIN = (("dgpo", ""), ("ppo", ""), ("sft_ppo", ""), ("kd", ""), ("distillm", ""), ("taid", ""),
+        ("gkd", ""), ("grpo", ""))
+ABLATIONS = tuple(("dgpo", a) for a in train.ABLATIONS if a)
+ARCAP_KEYS = ("thinking_em", "hit_ratio_first", "hit_ratio_all", "searches_per_question",
+              "em_given_gold_retrieved", "answer_in_retrieved_share")
+CURVES = (("em", "EM of the rollouts"), ("token_reward_sum", "reward per trajectory"),
+          ("kl", "KL estimate"), ("entropy", "entropy"))
+
+
+def tag(method, ablation):
+  return method + (f"-{ablation}" if ablation else "")
+
+
+def _variant(config, **fields):
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for k, v in fields.items():
+      c[k] = v
+  return c
+
+
+def _log(msg):
+  print(msg, flush=True)
+
+
+def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
+  """Runs `runs` × `seeds`; resumable (finished runs are read back). Returns the tables."""
+  if "world" not in config:
+    fail("the tables command runs on the synthetic world (configs/synthetic.py)")
+  t0 = time.time()
+  shared = os.path.join(workdir, "shared")
+  _, student, teacher, tok, retriever, train_q, _, _ = train.setup_run(config, shared)
+  for keep in (False, True):  # TGO once: correct-only, and all (kd_with_incorrect_tgo)
+    c = _variant(config, tgo=dict(config.tgo.to_dict(), keep_incorrect=keep))
+    train.teacher_trajectories(c, shared, teacher, tok, retriever, train_q)
+  _log(f"[tables] preparation and TGO: {time.time() - t0:.0f} s")
+  todo = [(s, m, a) for s in seeds for m, a in runs]
+  done_n, t_runs = 0, time.time()
+  results = {}
+  for i, (seed, method, ablation) in enumerate(todo):
+    wd = os.path.join(workdir, f"seed{seed}")
+    out = os.path.join(workdir, "runs", f"seed{seed}", tag(method, ablation) + ".json")
+    if os.path.isfile(out):
+      results[(seed, method, ablation)] = json.load(open(out))
+      continue
+    prepare.copy_prepared(shared, wd)
+    _share_reference_evals(shared, wd)
+    c = _variant(config, method=method, ablation=ablation, seed=seed)
+    res = train.run(c, wd)
+    _share_reference_evals(wd, shared)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+      json.dump(res, f, indent=1)
+    os.replace(out + ".tmp", out)
+    results[(seed, method, ablation)] = res
+    done_n += 1
+    rate = (time.time() - t_runs) / done_n
+    _log(f"[tables] {i + 1}/{len(todo)} done (seed {seed}, {tag(method, ablation)}); "
+         f"{rate:.0f} s per run, ETA {rate * (len(todo) - i - 1) / 60:.1f} min")
+  tables = aggregate(results, seeds, runs)
+  tables["wall_s"] = round(time.time() - t0, 1)
+  curves = {tag(m, a): [os.path.join(workdir, f"seed{s}", f"metrics_rl-{tag(m, a)}.jsonl")
+                        for s in seeds] for m, a in runs}
+  write(workdir, tables, curves)
+  return tables
+
+
+def _share_reference_evals(src, dst):
+  """The teacher's and base student's test evaluations do not depend on the training seed:
+  computed once, copied to every seed's workdir."""
+  for f in ("test_teacher.json", "test_student_base.json"):
+    a, b = os.path.join(src, "eval", f), os.path.join(dst, "eval", f)
+    if os.path.isfile(a) and not os.path.isfile(b):
+      os.makedirs(os.path.dirname(b), exist_ok=True)
+      shutil.copy(a, b)
+
+
+def _ms(xs):
+  xs = [x for x in xs if x is not None]
+  if not xs:
+    return None
+  return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "n": len(xs)}
+
+
+def aggregate(results: dict, seeds, runs) -> dict:
+  """Mean ± std over seeds of each run's final-student test EM (per family + avg) and
+  ARCap; the teacher and base student once (they do not depend on the training seed)."""
+  rows = {}
+  for m, a in runs:
+    per_seed = [results[(s, m, a)]["test"]["student_final"] for s in seeds
+                if (s, m, a) in results]
+    row = {f: _ms([r.get(f) for r in per_seed]) for f in FAMILIES + ("avg",)}
+    row["arcap"] = {k: _ms([r.get("arcap", {}).get(k) for r in per_seed]) for k in ARCAP_KEYS}
+    rows[tag(m, a)] = row
+  first = next(iter(results.values()), None)
+  ref = {}
+  if first is not None:
+    for label in ("teacher", "student_base"):
+      r = first["test"].get(label)
+      if r:
+        ref[label] = {f: _ms([r.get(f)]) for f in FAMILIES + ("avg",)}
+        ref[label]["arcap"] = {k: _ms([r.get("arcap", {}).get(k)]) for k in ARCAP_KEYS}
+  return {"seeds": list(seeds), "runs": rows, "reference": ref}
+
+
+def _cell(v, bold=False):
+  if v is None:
+    return "-"
+  s = f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v["n"] > 1 else "")
+  return f"**{s}**" if bold else s
+
+
+def markdown(tables: dict) -> str:
+  head = "| model | " + " | ".join(FAMILIES) + " | avg |\n" + "|---" * (len(FAMILIES) + 2) + "|\n"
+
+  def em_rows(names, src):
+    return "".join(f"| {n} | " + " | ".join(_cell(src[n][f]) for f in FAMILIES)
+                   + f" | {_cell(src[n]['avg'], True)} |\n" for n in names if n in src)
+
+  main = [tag(m, a) for m, a in MAIN]
+  abl = ["dgpo"] + [tag(m, a) for m, a in ABLATIONS]
+  s = f"Seeds: {', '.join(map(str, tables['seeds']))}. Test EM of the final student (greedy).\n\n"
+  s += "### Main table\n\n" + head + em_rows(["teacher", "student_base"], tables["reference"])
+  s += em_rows(main, tables["runs"])
+  s += "\n### Ablations (of dgpo)\n\n" + head + em_rows(abl, tables["runs"])
+  s += ("\n### ARCap (docs/arcap.md)\n\n| model | Thinking EM | hit ratio first | hit ratio all |"
+        " searches/q | EM when gold retrieved | answer in retrieved |\n" + "|---" * 7 + "|\n")
+  for src, names in ((tables["reference"], ["teacher", "student_base"]),
+                     (tables["runs"], main + abl[1:])):
+    for n in names:
+      if n in src:
+        s += f"| {n} | " + " | ".join(_cell(src[n]["arcap"][k]) for k in ARCAP_KEYS) + " |\n"
+  return s
+
+
+def plot_curves(curves: dict, path: str) -> bool:
+  """EM, reward, KL and entropy vs RL step (mean over seeds), one line per RL run."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    _log("[tables] matplotlib is not installed: no curves.png (pip install matplotlib)")
+    return False
+  fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
+  for name, files in curves.items():
+    series = [[json.loads(l) for l in open(f) if l.strip()] for f in files if os.path.isfile(f)]
+    if not series:
+      continue
+    steps = sorted({r["step"] for s in series for r in s})
+    for ax, (key, title) in zip(axes, CURVES):
+      ys = [np.mean([r[key] for s in series for r in s if r["step"] == st and key in r] or
+                    [np.nan]) for st in steps]
+      if not np.all(np.isnan(ys)):
+        ax.plot(steps, ys, label=name)
+      ax.set_title(title)
+      ax.set_xlabel("RL step")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def write(workdir, tables, curves):
+  with open(os.path.join(workdir, "tables.json"), "w") as f:
+    json.dump(tables, f, indent=1)
+  md = markdown(tables)
+  with open(os.path.join(workdir, "tables.md"), "w") as f:
+    f.write(md + f"\nWall time: {tables['wall_s'] / 60:.1f} min.\n")
+  plot_curves(curves, os.path.join(workdir, "curves.png"))
+  _log(md)
