@@ -56,7 +56,8 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   t0 = time.time()
   shared = os.path.join(workdir, "shared")
   _, student, teacher, tok, retriever, train_q, _, _ = train.setup_run(config, shared)
-  for keep in (False, True):  # TGO once: correct-only, and all (kd_with_incorrect_tgo)
+  # TGO once: as configured, and all trajectories (for kd_with_incorrect_tgo)
+  for keep in sorted({bool(config.tgo.keep_incorrect), True}):
     c = _variant(config, tgo=dict(config.tgo.to_dict(), keep_incorrect=keep))
     train.teacher_trajectories(c, shared, teacher, tok, retriever, train_q)
   _log(f"[tables] preparation and TGO: {time.time() - t0:.0f} s")
