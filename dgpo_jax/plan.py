@@ -108,12 +108,15 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"mesh {plan['mesh']} on {plan['devices']} × {plan['device_kind']}; "
-        f"{plan['rows_per_update']} rows × {plan['seq_len']} tokens per update")
+        f"{plan['rows_per_update']} rows × {plan['seq_len']} tokens per update; rollout "
+        f"{plan['rows_per_rollout']} rows × {plan['rollout_cache_tokens']}-token KV cache")
   for k, v in plan["per_device_gb"].items():
     print(f"  {k:<28} {v:8.2f} GB/device")
   for name, s in plan["steps"].items():
+    # XLA counts a while loop's body once: the decode segment's figure is per token
+    per = " per token" if name == "rollout_decode" else ""
     print(f"  step {name:<22} {s['total_gb']:8.2f} GB/device (activations+temporaries "
-          f"{s['temp_gb']:.2f} GB)  {s['tflops_per_step_per_device']:.2f} TFLOP/device")
+          f"{s['temp_gb']:.2f} GB)  {s['tflops_per_step_per_device']:.4f} TFLOP/device{per}")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(plan, f, indent=2)

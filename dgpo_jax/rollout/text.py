@@ -39,14 +39,22 @@ def neutralize(text: str, max_chars: int) -> str:
 
 
 def last_block(text: str, tag: str) -> Optional[str]:
-  """Content of the last complete <tag>…</tag> in text (stripped), or None."""
-  close = text.rfind(f"</{tag}>")
-  if close < 0:
-    return None
-  open_ = text.rfind(f"<{tag}>", 0, close)
-  if open_ < 0:
-    return None
-  return text[open_ + len(tag) + 2:close].strip()
+  """Content of the last `<tag>…</tag>` in text (stripped), or None: the reference's
+  `re.finditer(r"<tag>(.*?)</tag>", text, re.DOTALL)`, last match (non-greedy, so the
+  content never holds the closing tag)."""
+  last = None
+  for last in _block_re(tag).finditer(text):
+    pass
+  return None if last is None else last.group(1).strip()
+
+
+_BLOCK_RES = {}
+
+
+def _block_re(tag):
+  if tag not in _BLOCK_RES:
+    _BLOCK_RES[tag] = re.compile(f"<{tag}>(.*?)</{tag}>", re.DOTALL)
+  return _BLOCK_RES[tag]
 
 
 def classify_turn(turn_text: str, search_allowed: bool):
