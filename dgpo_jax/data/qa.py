@@ -65,8 +65,16 @@ def normalize_row(obj, where: str):
 
 
 def read_qa(spec: str) -> QAFile:
-  """Reads `[name=]path` (.jsonl or .parquet); the name defaults to the file's stem."""
+  """Reads `[name=]path` (.jsonl or .parquet), or `[name=]tfds:DIR:SPLIT` (a dataset made by
+  `python -m dgpo_jax.data.tfds_qa`, optional extra); the name defaults to the file's stem."""
   name, _, path = spec.rpartition("=")
+  if path.startswith("tfds:"):
+    data_dir, _, split = path[len("tfds:"):].rpartition(":")
+    from dgpo_jax.data import tfds_qa
+    rows = tfds_qa.read_rows(data_dir, split)
+    if not rows:
+      fail(f"{path}: no usable questions")
+    return QAFile(name or split, rows)
   if not os.path.isfile(path):
     fail(f"QA file {path}: no such file")
   name = name or os.path.splitext(os.path.basename(path))[0]
