@@ -81,7 +81,7 @@ def get_config(arg: str = ""):
   elif arg == "tables":  # `python -m dgpo_jax.tables`: 13 runs × 3 seeds, one preparation
     c.eval.update(num_questions=60, val_questions=20, rl_val_questions=20)
     c.kd.update(epochs=1)
-    c.ppo.update(steps=6, questions_per_step=8, mini_batch=16, val_every=0)
+    c.ppo.update(steps=6, questions_per_step=8, mini_batch=8, val_every=0)
   elif arg == "lm":
     c.stage = "lm"
     c.data.corpus = common.WIKI_SAMPLE

@@ -53,6 +53,12 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   """Runs `runs` × `seeds`; resumable (finished runs are read back). Returns the tables."""
   if "world" not in config:
     fail("the tables command runs on the synthetic world (configs/synthetic.py)")
+  from dgpo_jax.parallel import sharding
+  mesh = sharding.make_mesh(config.mesh)
+  for m, a in runs:  # every run's plan and batch sizes, before any expensive work
+    c = _variant(config, method=m, ablation=a)
+    train.plan(c)
+    train.check_batches(c, mesh)
   t0 = time.time()
   shared = os.path.join(workdir, "shared")
   _, student, teacher, tok, retriever, train_q, _, _ = train.setup_run(config, shared)

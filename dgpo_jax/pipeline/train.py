@@ -87,6 +87,10 @@ def check_batches(config, mesh):
   group = p.group_size if config.method == "grpo" else 1
   if p.mini_batch % max(p.micro_batches, 1):
     fail(f"ppo.mini_batch={p.mini_batch} does not split into micro_batches={p.micro_batches}")
+  if any(k in ("rl", "gkd") for k, _ in plan(config)) and (p.questions_per_step * group) % (
+      p.mini_batch):
+    fail(f"ppo: questions_per_step × group size ({p.questions_per_step * group}) must divide "
+         f"into mini_batch ({p.mini_batch})")
   sizes = {"kd.batch_size": config.kd.batch_size,
            "ppo.questions_per_step×group": p.questions_per_step * group,
            "ppo.mini_batch": p.mini_batch,
@@ -133,24 +137,31 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
     trajs += engine.run([q["question"] for q in qs[s:s + bs]],
                         jax.random.fold_in(jax.random.key(config.seed + 31), s), sp)
     _log(f"[tgo] {len(trajs)}/{len(qs)} teacher trajectories")
-  arr = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
-  keep = np.ones(len(qs), bool) if keep_all else arr["score"] > 0
-  stats = {"questions": len(qs), "correct": int((arr["score"] > 0).sum()), "kept": int(keep.sum()),
-           **B.rollout_metrics(trajs, arr["score"])}
+  full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
+  stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
+           **B.rollout_metrics(trajs, full["score"])}
   _log(f"[tgo] {stats}")
-  if keep.sum() == 0:
+  # One rollout serves both variants: every trajectory, and the correct ones.
+  for variant, keep in (("all", np.ones(len(qs), bool)), ("correct", full["score"] > 0)):
+    if keep.sum() == 0:
+      continue
+    arr = {k: v[keep] for k, v in full.items()}
+    used = int(arr["mask"].sum(1).max())
+    arr = {k: v[:, :B.width_bucket(used + 1)] if v.ndim == 2 else v for k, v in arr.items()}
+    f = os.path.join(workdir, "tgo", f"tgo_{variant}.npz")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(f), exist_ok=True)
+      np.savez(f + ".tmp.npz", **arr)
+      os.replace(f + ".tmp.npz", f)
+  _write_json(os.path.join(workdir, "tgo", "stats.json"), stats)
+  if not keep_all and stats["correct"] == 0:
     fail(f"TGO: the teacher answered none of {len(qs)} training questions correctly; there is "
          f"nothing to distill. Train the teacher further (prep.sft_steps) or set "
          f"tgo.keep_incorrect=True for the ablation")
-  arr = {k: v[keep] for k, v in arr.items()}
-  used = int(arr["mask"].sum(1).max())
-  arr = {k: v[:, :B.width_bucket(used + 1)] if v.ndim == 2 else v for k, v in arr.items()}
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    np.savez(out + ".tmp.npz", **arr)
-    os.replace(out + ".tmp.npz", out)
-    _write_json(os.path.join(workdir, "tgo", "stats.json"), stats)
-  return arr
+  from dgpo_jax.parallel import distributed
+  distributed.barrier("tgo")  # the other processes read what process 0 wrote
+  z = np.load(out)
+  return {k: z[k] for k in z.files}
 
 
 def distill_stage(config, workdir, name, student: Model, teacher: Model, data, loss, lam,
