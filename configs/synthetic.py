@@ -15,7 +15,7 @@ student, the teacher, the KD student and the DGPO student → results.json, repo
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # ~1.7 min: a small world and a few steps per stage (the end-to-end test's config)
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
-      # every method and ablation × 3 seeds, one shared preparation (docs/results.md)
+      # every method and ablation × 3 seeds, one shared preparation: 32 min (docs/results.md)
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
       # the plain LM stage on the real Wikipedia sample (~70 s)
 """

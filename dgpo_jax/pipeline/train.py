@@ -87,10 +87,6 @@ def check_batches(config, mesh):
   group = p.group_size if config.method == "grpo" else 1
   if p.mini_batch % max(p.micro_batches, 1):
     fail(f"ppo.mini_batch={p.mini_batch} does not split into micro_batches={p.micro_batches}")
-  if any(k in ("rl", "gkd") for k, _ in plan(config)) and (p.questions_per_step * group) % (
-      p.mini_batch):
-    fail(f"ppo: questions_per_step × group size ({p.questions_per_step * group}) must divide "
-         f"into mini_batch ({p.mini_batch})")
   sizes = {"kd.batch_size": config.kd.batch_size,
            "ppo.questions_per_step×group": p.questions_per_step * group,
            "ppo.mini_batch": p.mini_batch,
@@ -101,6 +97,10 @@ def check_batches(config, mesh):
     if n % dp:
       fail(f"{name}={n} does not divide over the {dp} data-parallel devices of mesh "
            f"{dict(mesh.shape)} (config.mesh={config.mesh!r})")
+  if any(k in ("rl", "gkd") for k, _ in plan(config)) and (p.questions_per_step * group) % (
+      p.mini_batch):
+    fail(f"ppo: questions_per_step × group size ({p.questions_per_step * group}) must divide "
+         f"into mini_batch ({p.mini_batch})")
 
 
 def _log(msg):
