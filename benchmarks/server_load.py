@@ -72,8 +72,7 @@ def run(index_dir, clients=32, requests=200, bad_every=10, time_cap_s=300.0) -> 
   from dgpo_jax.retrieval_server import serve_in_thread
   server, url = serve_in_thread(IndexRetriever(index_dir))
   port = server.server_address[1]
-  thread = [t for t in threading.enumerate() if t.name != threading.current_thread().name
-            and t.daemon][-1]
+  thread = server.thread
   out, threads = [], []
   deadline = time.time() + time_cap_s
   t0 = time.perf_counter()

@@ -12,8 +12,6 @@ synthetic world, the run's world/test.jsonl). Greedy decoding. Writes results.js
 results.md and report.md in --workdir.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -34,19 +32,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dgpo_jax.utils import cli
-  cli.setup_logging()
   from dgpo_jax.pipeline import evaluate_stage
-  from dgpo_jax.utils.errors import DgpoError
-  try:
-    evaluate_stage.run(FLAGS.config, FLAGS.checkpoint, FLAGS.data, FLAGS.workdir,
-                       FLAGS.corpus, FLAGS.max_questions, FLAGS.thinking, FLAGS.run_workdir)
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
+  cli.run(evaluate_stage.run, argv, FLAGS.config, FLAGS.checkpoint, FLAGS.data, FLAGS.workdir,
+          FLAGS.corpus, FLAGS.max_questions, FLAGS.thinking, FLAGS.run_workdir)
 
 if __name__ == "__main__":
   app.run(main)

@@ -9,8 +9,6 @@ generation_config.json, tokenizer files and the chat template; `ask --checkpoint
 `evaluate --checkpoint=OUT` and transformers' AutoModelForCausalLM load it.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -23,18 +21,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dgpo_jax.utils import cli
-  cli.setup_logging()
   from dgpo_jax.pipeline import evaluate_stage
-  from dgpo_jax.utils.errors import DgpoError
-  try:
-    evaluate_stage.export(FLAGS.config, FLAGS.checkpoint, FLAGS.out)
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
+  cli.run(evaluate_stage.export, argv, FLAGS.config, FLAGS.checkpoint, FLAGS.out)
 
 if __name__ == "__main__":
   app.run(main)

@@ -114,10 +114,11 @@ def make_server(retriever, host="127.0.0.1", port=8000, limits: Limits = Limits(
 
 
 def serve_in_thread(retriever, host="127.0.0.1", port=0, limits: Limits = Limits()):
-  """Starts a server on a background thread; returns (server, url). For tests and the trainer."""
+  """Starts a server on a background thread (`server.thread`); returns (server, url). For
+  tests and the trainer."""
   server = make_server(retriever, host, port, limits)
-  t = threading.Thread(target=server.serve_forever, daemon=True)
-  t.start()
+  server.thread = threading.Thread(target=server.serve_forever, daemon=True)
+  server.thread.start()
   return server, f"http://{host}:{server.server_address[1]}/retrieve"
 
 

@@ -8,8 +8,6 @@ tables.md (main, ablation and ARCap tables, mean ± std over seeds), tables.json
 curves.png in the workdir. Rerun the same command to resume. docs/results.md reports a run.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,11 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dgpo_jax.utils import cli
-  cli.setup_logging()
+def _run():
   import os
 
   import jax
@@ -34,20 +28,22 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   from dgpo_jax.pipeline import tables
-  from dgpo_jax.utils.errors import DgpoError
-  try:
-    runs = tables.MAIN + tables.ABLATIONS
-    if FLAGS.runs:
-      known = {tables.tag(m, a): (m, a) for m, a in runs}
-      bad = [r for r in FLAGS.runs if r not in known]
-      if bad:
-        raise DgpoError(f"--runs: unknown {bad} (known: {', '.join(known)})")
-      runs = tuple(known[r] for r in FLAGS.runs)
-    tables.run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], runs)
-  except (DgpoError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from dgpo_jax.utils.errors import fail
+  if not all(s.lstrip("-").isdigit() for s in FLAGS.seeds):
+    fail(f"--seeds={','.join(FLAGS.seeds)}: expected integers")
+  runs = tables.MAIN + tables.ABLATIONS
+  if FLAGS.runs:
+    known = {tables.tag(m, a): (m, a) for m, a in runs}
+    bad = [r for r in FLAGS.runs if r not in known]
+    if bad:
+      fail(f"--runs: unknown {bad} (known: {', '.join(known)})")
+    runs = tuple(known[r] for r in FLAGS.runs)
+  tables.run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], runs)
 
+
+def main(argv):
+  from dgpo_jax.utils import cli
+  cli.run(_run, argv)
 
 if __name__ == "__main__":
   app.run(main)

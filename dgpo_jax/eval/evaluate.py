@@ -5,7 +5,6 @@ in `pipeline/evaluate_stage.py`; this module only needs a model, a tokenizer and
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -45,17 +44,19 @@ def read_passages(corpus_path: str, ids: set) -> dict:
   return out
 
 
-def _rollouts(engine, questions, batch_size, contexts=None):
+def rollouts(engine, questions, batch_size, contexts=None, rng_seed: int = 0):
+  """Greedy rollouts of QA rows in batches (with progress); one Trajectory per row."""
   out = []
   t0 = time.time()
   for s in range(0, len(questions), batch_size):
     ctx = None if contexts is None else contexts[s:s + batch_size]
-    out += engine.run([q["question"] for q in questions[s:s + batch_size]], jax.random.key(0),
-                      SamplingParams(greedy=True), contexts=ctx)
+    out += engine.run([q["question"] for q in questions[s:s + batch_size]],
+                      jax.random.key(rng_seed), SamplingParams(greedy=True), contexts=ctx)
     done = len(out)
     rate = done / max(time.time() - t0, 1e-9)
-    print(f"[evaluate]   {done}/{len(questions)} questions, {rate:.2f} q/s, "
-          f"ETA {(len(questions) - done) / max(rate, 1e-9):.0f} s", flush=True)
+    if jax.process_index() == 0:
+      print(f"[evaluate]   {done}/{len(questions)} questions, {rate:.2f} q/s, "
+            f"ETA {(len(questions) - done) / max(rate, 1e-9):.0f} s", flush=True)
   return out
 
 
@@ -66,7 +67,7 @@ def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(graphdef, params,
                                       [q["question"] for q in rows])
-  trajs = _rollouts(engine, rows, batch_size)
+  trajs = rollouts(engine, rows, batch_size)
   em = [exact_match(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
   f1 = [token_f1(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
   out = {"n": len(rows), "skipped_no_answer": f.skipped_no_answer, "em": float(np.mean(em)),
@@ -97,7 +98,7 @@ def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages
   ctx = [[Doc(f"gold{j}", title, text, 0.0) for j, (title, text) in enumerate(gold[i])]
          for i in have]
   print(f"[evaluate]   Thinking: {len(have)} questions with gold passages", flush=True)
-  tt = _rollouts(te, [rows[i] for i in have], batch_size, ctx)
+  tt = rollouts(te, [rows[i] for i in have], batch_size, ctx)
   return float(np.mean([exact_match(t.answer, rows[i]["golden_answers"])
                         for i, t in zip(have, tt)])), len(have)
 
@@ -133,10 +134,3 @@ def markdown(results: dict) -> str:
 def average(datasets: dict) -> dict:
   """Unweighted mean over datasets (as the paper averages benchmarks)."""
   return {k: float(np.mean([r[k] for r in datasets.values()])) for k in ("em", "f1")}
-
-
-def write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as fh:
-    json.dump(obj, fh, indent=1)
-  os.replace(tmp, path)

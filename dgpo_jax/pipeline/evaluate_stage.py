@@ -9,7 +9,6 @@ report.md.
 """
 
 import dataclasses
-import json
 import os
 import time
 import types
@@ -24,6 +23,7 @@ from dgpo_jax.models import hf_io, registry
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report, setup
+from dgpo_jax.utils import cli
 from dgpo_jax.utils.checkpoint import Checkpointer
 from dgpo_jax.utils.errors import DgpoError, fail
 
@@ -187,7 +187,7 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
   table = E.markdown(out)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    E.write_json(os.path.join(workdir, "results.json"), out)
+    cli.write_json(os.path.join(workdir, "results.json"), out)
     with open(os.path.join(workdir, "results.md"), "w") as fh:
       fh.write(table)
     report.write_eval(workdir, config, out, table, samples)
@@ -202,6 +202,8 @@ def export(config, checkpoint: str, out: str) -> str:
   """Writes `checkpoint` (HF or orbax stage directory) as a transformers-loadable directory:
   config.json, safetensors, generation config, tokenizer files and a chat template."""
   path = os.path.abspath(checkpoint)
+  if not os.path.isdir(path):
+    fail(f"--checkpoint={path}: no such directory")
   if config is None:
     if not os.path.isfile(os.path.join(path, "config.json")):
       fail(f"--checkpoint={path}: an orbax checkpoint needs --config (which model it is)")

@@ -17,11 +17,11 @@ from flax import nnx
 
 from dgpo_jax.data import lm_data
 from dgpo_jax.data import synthetic_world as SW
+from dgpo_jax.eval import evaluate as E
 from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models import hf_io
 from dgpo_jax.models.decoder import Decoder
-from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import setup
@@ -30,6 +30,7 @@ from dgpo_jax.retrieval.retriever import IndexRetriever
 from dgpo_jax.rollout import text as T
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.train.loop import FitConfig, fit
+from dgpo_jax.utils import cli
 
 
 def _log(msg):
@@ -110,11 +111,7 @@ def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=
   rc = rollout_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(graphdef, params, [q["question"] for q in questions])
-  trajs = []
-  bs = config.eval.batch_size
-  for s in range(0, len(questions), bs):
-    trajs += engine.run([q["question"] for q in questions[s:s + bs]], jax.random.key(rng_seed),
-                        SamplingParams(greedy=True))
+  trajs = E.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed)
   by_family = {}
   for q, t in zip(questions, trajs):
     family = q.get("family", q.get("data_source", "all"))
@@ -202,9 +199,7 @@ def run(config, workdir):
     results[f"{which}_dev_em"] = summary
     _log(f"[prepare] {which} dev EM: {summary}")
   if jax.process_index() == 0:
-    with open(done_f + ".tmp", "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(done_f + ".tmp", done_f)
+    cli.write_json(done_f, results, indent=2)
   return results, models, tok, retriever
 
 

@@ -69,9 +69,15 @@ def write(workdir, config, results, history, samples):
     for r in (rows[:1] + rows[-1:]) if len(rows) > 1 else rows:
       parts.append(f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4g}"
                                                    for k in keys) + " |\n")
+  shown = {k: v for k, v in samples.items()
+           if not (k == "student_kd" and "student_final" in samples)}
+  _finish(workdir, config, parts, shown)
+
+
+def _finish(workdir, config, parts, samples):
+  """Appends sample trajectories (one correct, one wrong per entry) and the config, and
+  writes `report.md`."""
   for label, s in samples.items():
-    if label == "student_kd" and "student_final" in samples:
-      continue
     for kind in ("correct", "wrong"):
       if s.get(kind):
         parts.append(f"\n## Sample trajectory: {label}, {kind}\n\n```\n{s[kind]}\n```\n")
@@ -86,11 +92,4 @@ def write_eval(workdir, config, results, table, samples):
   parts = [f"# dgpo-jax evaluation of `{results['checkpoint']}`\n",
            f"Datasets: {', '.join(results['datasets'])}. Greedy decoding. Wall time "
            f"{results['wall_s']} s. Workdir: `{workdir}`.\n", "\n## Results\n\n", table]
-  for name, s in samples.items():
-    for kind in ("correct", "wrong"):
-      if s.get(kind):
-        parts.append(f"\n## Sample trajectory: {name}, {kind}\n\n```\n{s[kind]}\n```\n")
-  parts.append("\n## Config\n\n```json\n" + json.dumps(config.to_dict(), indent=1, default=str)
-               + "\n```\n")
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write("".join(p if p.endswith("\n") else p + "\n" for p in parts))
+  _finish(workdir, config, parts, samples)

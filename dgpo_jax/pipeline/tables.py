@@ -22,6 +22,7 @@ import numpy as np
 
 from dgpo_jax.pipeline import prepare, train
 from dgpo_jax.pipeline.report import FAMILIES
+from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
 
 MAIN = (("dgpo", ""), ("ppo", ""), ("sft_ppo", ""), ("kd", ""), ("distillm", ""), ("taid", ""),
@@ -81,10 +82,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
     c = _variant(config, method=method, ablation=ablation, seed=seed)
     res = train.run(c, wd)
     _share_reference_evals(wd, shared)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-      json.dump(res, f, indent=1)
-    os.replace(out + ".tmp", out)
+    cli.write_json(out, res)
     results[(seed, method, ablation)] = res
     done_n += 1
     rate = (time.time() - t_runs) / done_n
@@ -196,8 +194,7 @@ def plot_curves(curves: dict, path: str) -> bool:
 
 
 def write(workdir, tables, curves):
-  with open(os.path.join(workdir, "tables.json"), "w") as f:
-    json.dump(tables, f, indent=1)
+  cli.write_json(os.path.join(workdir, "tables.json"), tables)
   md = markdown(tables)
   with open(os.path.join(workdir, "tables.md"), "w") as f:
     f.write(md + f"\nWall time: {tables['wall_s'] / 60:.1f} min.\n")

@@ -35,6 +35,7 @@ from dgpo_jax.rl import batch as B
 from dgpo_jax.rl import distill
 from dgpo_jax.rollout.engine import RolloutEngine
 from dgpo_jax.train.loop import FitConfig, fit
+from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
 
 METHODS = ("dgpo", "ppo", "sft_ppo", "kd", "distillm", "taid", "gkd", "grpo")
@@ -110,10 +111,7 @@ def _log(msg):
 
 def _write_json(path, obj):
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
+    cli.write_json(path, obj, indent=2)
 
 
 def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_q):
@@ -328,9 +326,7 @@ def run(config, workdir):
     if label in ("student_kd", "student_final"):  # the trained students
       export_student(config, workdir, file_label, student, p)
   samples = {}
-  corpus = (os.path.join(workdir, "world", "corpus.jsonl") if "world" in config
-            else config.data.corpus)
-  passages = E.read_passages(corpus, {i for q in test_q for i in (q.get("gold_ids") or [])})
+  passages = None  # gold passages for ARCap Thinking: read once, only if an eval needs them
   for label, file_label, p in evals:
     m = teacher if label == "teacher" else student
     f = os.path.join(workdir, "eval", f"test_{file_label}.json")
@@ -341,6 +337,11 @@ def run(config, workdir):
       row = dict(summary, samples=report.sample_trajectories(trajs, test_q, tok))
       row["arcap"] = arcap.query_and_source(test_q, trajs, tok)
       if config.eval.arcap_thinking:
+        if passages is None:
+          corpus = (os.path.join(workdir, "world", "corpus.jsonl") if "world" in config
+                    else config.data.corpus)
+          passages = E.read_passages(corpus, {i for q in test_q
+                                              for i in (q.get("gold_ids") or [])})
         row["arcap"]["thinking_em"], row["arcap"]["thinking_n"] = E.thinking(
             m.graphdef, p, tok, retriever, rc, test_q, passages, config.eval.batch_size)
       _write_json(f, row)
