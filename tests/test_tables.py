@@ -28,7 +28,12 @@ def test_aggregate_markdown_and_curves(tmp_path):
   f = tmp_path / "m.jsonl"
   f.write_text("".join(json.dumps({"step": i, "em": 0.1 * i, "kl": 0.01, "entropy": 1.0,
                                    "token_reward_sum": 0.0}) + "\n" for i in (1, 2, 3)))
+  rows = [json.loads(l) for l in open(f)]
+  rl = tables.rl_first_last({"dgpo": [rows, rows[:2]]})
+  assert rl["dgpo"]["kl"] == [0.01, 0.01] and rl["dgpo"]["entropy"] == [1.0, 1.0]
+  assert all(x != x for x in rl["dgpo"]["answered"])  # never logged: NaN, not 0
+  t["rl"] = rl
+  assert "| dgpo | 0.010 → 0.010 |" in tables.markdown(t)
   pytest.importorskip("matplotlib")
-  assert tables.plot_curves({"dgpo": [str(f)], "ppo": [str(tmp_path / "missing.jsonl")]},
-                            str(tmp_path / "c.png"))
+  assert tables.plot_curves({"dgpo": [rows]}, str(tmp_path / "c.png"))
   assert (tmp_path / "c.png").stat().st_size > 1000

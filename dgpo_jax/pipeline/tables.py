@@ -90,8 +90,13 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
          f"{rate:.0f} s per run, ETA {rate * (len(todo) - i - 1) / 60:.1f} min")
   tables = aggregate(results, seeds, runs)
   tables["wall_s"] = round(time.time() - t0, 1)
-  curves = {tag(m, a): [os.path.join(workdir, f"seed{s}", f"metrics_rl-{tag(m, a)}.jsonl")
-                        for s in seeds] for m, a in runs}
+  curves = {}  # run → one list of RL metric rows per seed
+  for m, a in runs:
+    files = [os.path.join(workdir, f"seed{s}", f"metrics_rl-{tag(m, a)}.jsonl") for s in seeds]
+    series = [[json.loads(l) for l in open(f) if l.strip()] for f in files if os.path.isfile(f)]
+    if series:
+      curves[tag(m, a)] = series
+  tables["rl"] = rl_first_last(curves)
   write(workdir, tables, curves)
   return tables
 
@@ -161,11 +166,37 @@ def markdown(tables: dict) -> str:
     for n in names:
       if n in src:
         s += f"| {n} | " + " | ".join(_cell(src[n]["arcap"][k]) for k in ARCAP_KEYS) + " |\n"
+  if tables.get("rl"):
+    s += ("\n### RL, first → last step (mean over seeds)\n\n| run | " + " | ".join(RL_KEYS)
+          + " |\n" + "|---" * (len(RL_KEYS) + 1) + "|\n")
+    for n, r in tables["rl"].items():
+      s += f"| {n} | " + " | ".join(f"{r[k][0]:.3f} → {r[k][1]:.3f}" for k in RL_KEYS) + " |\n"
   return s
 
 
+RL_KEYS = ("kl", "token_reward_sum", "entropy", "searches_per_question", "answered")
+
+
+def _mean_at(series, key, step):
+  """Mean over seeds of `key` at `step` (NaN where no seed logged it)."""
+  v = [r[key] for s in series for r in s if r["step"] == step and key in r]
+  return float(np.mean(v)) if v else float("nan")
+
+
+def rl_first_last(curves: dict) -> dict:
+  """{run: {key: [first-step mean, last-step mean]}} over seeds, for RL_KEYS."""
+  out = {}
+  for name, series in curves.items():
+    steps = sorted({r["step"] for s in series for r in s})
+    out[name] = {k: [_mean_at(series, k, steps[0]), _mean_at(series, k, steps[-1])]
+                 for k in RL_KEYS}
+  return out
+
+
 def plot_curves(curves: dict, path: str) -> bool:
-  """EM, reward, KL and entropy vs RL step (mean over seeds), one line per RL run."""
+  """EM, reward, KL and entropy vs RL step (mean over seeds), one line per RL run.
+
+  curves: {run: [rows of one seed's metrics_rl-*.jsonl, ...]}."""
   try:
     import matplotlib
     matplotlib.use("Agg")
@@ -174,14 +205,10 @@ def plot_curves(curves: dict, path: str) -> bool:
     _log("[tables] matplotlib is not installed: no curves.png (pip install matplotlib)")
     return False
   fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
-  for name, files in curves.items():
-    series = [[json.loads(l) for l in open(f) if l.strip()] for f in files if os.path.isfile(f)]
-    if not series:
-      continue
+  for name, series in curves.items():
     steps = sorted({r["step"] for s in series for r in s})
     for ax, (key, title) in zip(axes, CURVES):
-      ys = [np.mean([r[key] for s in series for r in s if r["step"] == st and key in r] or
-                    [np.nan]) for st in steps]
+      ys = [_mean_at(series, key, st) for st in steps]
       if not np.all(np.isnan(ys)):
         ax.plot(steps, ys, label=name)
       ax.set_title(title)
@@ -197,6 +224,7 @@ def write(workdir, tables, curves):
   cli.write_json(os.path.join(workdir, "tables.json"), tables)
   md = markdown(tables)
   with open(os.path.join(workdir, "tables.md"), "w") as f:
-    f.write(md + f"\nWall time: {tables['wall_s'] / 60:.1f} min.\n")
+    f.write(md + f"\nWall time of this invocation (finished runs are read back, not redone): "
+            f"{tables['wall_s'] / 60:.1f} min.\n")
   plot_curves(curves, os.path.join(workdir, "curves.png"))
   _log(md)
