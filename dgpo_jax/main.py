@@ -19,6 +19,8 @@ flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, re
 flags.DEFINE_string("coordinator_address", "", "Multi-process: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", -1, "Multi-process: this process's index.")
+flags.DEFINE_string("xla_cache", None, "XLA's persistent compilation cache directory; '' turns "
+                    "it off. Default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/dgpo_jax/xla.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -30,6 +32,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dgpo_jax.utils import cli
   cli.setup_logging()
+  cli.compilation_cache(cli.default_xla_cache() if FLAGS.xla_cache is None else FLAGS.xla_cache)
   config = FLAGS.config
   from dgpo_jax.utils.errors import DgpoError
   try:

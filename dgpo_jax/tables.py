@@ -23,10 +23,9 @@ FLAGS = flags.FLAGS
 def _run():
   import os
 
-  import jax
+  from dgpo_jax.utils import cli
   # 39 runs compile the same steps: XLA's persistent cache turns most compiles into loads.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  cli.compilation_cache(os.path.join(FLAGS.workdir, "xla_cache"))
   from dgpo_jax.pipeline import tables
   from dgpo_jax.utils.errors import fail
   if not all(s.lstrip("-").isdigit() for s in FLAGS.seeds):

@@ -5,6 +5,10 @@ import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One fresh XLA compilation cache per test session, shared by every `main` the tests start
+# (the same smoke config runs many times); a developer's ~/.cache is never read.
+import tempfile  # noqa: E402
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dgpo_xla_"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import ROOT, needs_shared
+from conftest import ROOT, copy_prepared, needs_shared
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
         "--config.train.batch_size=8", "--config.train.warmup_steps=2",
@@ -67,3 +67,64 @@ def test_processes_with_different_configs_are_refused(tmp_path):
   res = _wait(_launch(tmp_path / "bad", 4, per_process=multi), timeout=200)
   assert all(rc == 2 for rc, _, _ in res), [r[2][-500:] for r in res]
   assert all("disagree on the config" in se for _, _, se in res)
+
+
+def test_two_processes_roll_out_their_own_share(tmp_path):
+  """`run_sharded`: each process rolls out (and retrieves for) only its share of the rows,
+  and every process gets back the same trajectories, in order, as one process would."""
+  from test_rollout import train_tokenizer
+  spm = train_tokenizer(tmp_path)
+  worker = os.path.join(ROOT, "tests", "mp_rollout_worker.py")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  port = _port()
+  procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f"p{i}.json"), spm,
+                             f"127.0.0.1:{port}", "2", str(i)], env=env, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  procs.append(subprocess.Popen([sys.executable, worker, str(tmp_path / "one.json"), spm],
+                                env=env, stderr=subprocess.PIPE, text=True))
+  for p in procs:
+    _, se = p.communicate(timeout=300)
+    assert p.returncode == 0, se[-3000:]
+  p0, p1, one = (json.load(open(tmp_path / f"{n}.json")) for n in ("p0", "p1", "one"))
+  assert p0["retrieved"] == [["query 0", "query 2"]] and p1["retrieved"] == [["query 4"]]
+  assert one["retrieved"] == [["query 0", "query 2", "query 4"]]
+  assert p0["trajectories"] == p1["trajectories"] == one["trajectories"]
+  assert [t["answer"] for t in one["trajectories"]] == [
+      "found 0", "answer 1", "found 2", "answer 3", "found 4", "answer 5"]
+  assert one["trajectories"][4]["doc_ids"] == [["query 4-0", "query 4-1", "query 4-2"]]
+
+
+def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
+  """The smoke DGPO run (KD, on-policy RL with rollouts, evaluations) on 2 processes × 1
+  device, from the shared smoke run's preparation and TGO: KD losses and the greedy test
+  evaluations of the untrained student, the teacher and the KD student equal the
+  1-process × 2-device run's. (RL samples with one stream per host, so its numbers differ.)"""
+  wd = tmp_path / "mp"
+  copy_prepared(smoke_run, wd)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  port = _port()
+  cmd = [sys.executable, "-m", "dgpo_jax.main", "--config=configs/synthetic.py:smoke",
+         f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         "--config.ppo.steps=1", "--config.ppo.val_every=0",
+         "--config.eval.arcap_thinking=False"]
+  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for rc, so, se in _wait(procs):
+    assert rc == 0, se[-3000:]
+  kd = [f for f in os.listdir(smoke_run) if f.startswith("metrics_kd")]
+  assert kd
+  rows = lambda d: [json.loads(l) for l in open(d / kd[0])]
+  for a, b in zip(rows(wd), rows(smoke_run), strict=True):
+    assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) < 1e-5 * max(1, abs(b["loss"]))
+  same = [f for f in os.listdir(smoke_run / "eval") if f.startswith("test_") and "final" not in f]
+  assert len(same) == 3
+  def evaluation(path):  # ARCap's Thinking is not run here
+    r = json.load(open(path))
+    r["arcap"] = {k: v for k, v in r["arcap"].items() if not k.startswith("thinking")}
+    return r
+  for f in same:
+    assert evaluation(wd / "eval" / f) == evaluation(smoke_run / "eval" / f), f
+  res = json.load(open(wd / "results.json"))
+  assert res["plan"] == ["tgo", "kd", "rl"] and "student_final" in res["test"]
+  assert (wd / "checkpoints" / "rl-dgpo" / "1").is_dir()

@@ -16,15 +16,20 @@ from dgpo_jax.rollout import text as T
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def train_tokenizer(out_dir) -> str:
+  """A small SentencePiece model over the rollout vocabulary; returns its path."""
   words = ("paris france capital city river seine who wrote hamlet shakespeare play doc title "
            "answer search think information question previous action invalid put query between "
-           "give final let me try again the of is a and to in").split()
+           "give final let me try again the of is a and to in found 0 1 2 3 4 5").split()
   rng = np.random.default_rng(0)
   texts = [T.PROMPT, T.INVALID_ACTION] + [" ".join(rng.choice(words, 30)) for _ in range(300)]
-  path = lm_data.train_sentencepiece(texts, str(tmp_path_factory.mktemp("spm") / "spm"), 400)
-  return SentencePieceTokenizer(path, chat_format="plain")
+  return lm_data.train_sentencepiece(texts, str(out_dir / "spm"), 400)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  return SentencePieceTokenizer(train_tokenizer(tmp_path_factory.mktemp("spm")),
+                                chat_format="plain")
 
 
 class ScriptedSampler(Sampler):

@@ -16,6 +16,7 @@ from dgpo_jax.data import qa
 from dgpo_jax.eval import arcap
 from dgpo_jax.eval.metrics import exact_match, token_f1
 from dgpo_jax.models.sampler import SamplingParams
+from dgpo_jax.parallel import distributed
 from dgpo_jax.retrieval.retriever import Doc
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.utils.errors import fail
@@ -44,20 +45,28 @@ def read_passages(corpus_path: str, ids: set) -> dict:
   return out
 
 
-def rollouts(engine, questions, batch_size, contexts=None, rng_seed: int = 0):
-  """Greedy rollouts of QA rows in batches (with progress); one Trajectory per row."""
+def rollouts(engine, questions, batch_size, contexts=None, rng_seed: int = 0,
+             sp: SamplingParams = SamplingParams(greedy=True)):
+  """Rollouts of QA rows in batches (greedy by default), with progress; one Trajectory per
+  row, in order. With several processes each rolls out its share of the rows on its own
+  devices and every process gets all the trajectories."""
+  share = distributed.process_share(len(questions))
+  mine = questions[share]
   out = []
   t0 = time.time()
-  for s in range(0, len(questions), batch_size):
-    ctx = None if contexts is None else contexts[s:s + batch_size]
-    out += engine.run([q["question"] for q in questions[s:s + batch_size]],
-                      jax.random.key(rng_seed), SamplingParams(greedy=True), contexts=ctx)
+  for s in range(0, len(mine), batch_size):
+    ctx = None if contexts is None else contexts[share][s:s + batch_size]
+    # keyed by the batch's global start, so the streams do not depend on the host count
+    out += engine.run([q["question"] for q in mine[s:s + batch_size]],
+                      jax.random.fold_in(jax.random.key(rng_seed), share.start + s), sp,
+                      contexts=ctx)
     done = len(out)
     rate = done / max(time.time() - t0, 1e-9)
     if jax.process_index() == 0:
-      print(f"[evaluate]   {done}/{len(questions)} questions, {rate:.2f} q/s, "
-            f"ETA {(len(questions) - done) / max(rate, 1e-9):.0f} s", flush=True)
-  return out
+      host = " (this host's share)" if len(mine) < len(questions) else ""
+      print(f"[evaluate]   {done}/{len(mine)} questions{host}, {rate:.2f} q/s, "
+            f"ETA {(len(mine) - done) / max(rate, 1e-9):.0f} s", flush=True)
+  return distributed.allgather_objects(out)
 
 
 def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.QAFile,
@@ -97,7 +106,8 @@ def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages
                               margin=rc.max_obs_tokens)
   ctx = [[Doc(f"gold{j}", title, text, 0.0) for j, (title, text) in enumerate(gold[i])]
          for i in have]
-  print(f"[evaluate]   Thinking: {len(have)} questions with gold passages", flush=True)
+  if jax.process_index() == 0:
+    print(f"[evaluate]   Thinking: {len(have)} questions with gold passages", flush=True)
   tt = rollouts(te, [rows[i] for i in have], batch_size, ctx)
   return float(np.mean([exact_match(t.answer, rows[i]["golden_answers"])
                         for i, t in zip(have, tt)])), len(have)

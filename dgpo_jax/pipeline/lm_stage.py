@@ -74,7 +74,7 @@ def _write_samples(config, workdir, built, params, last_metrics):
   g = config.generate
   if jax.process_count() > 1:  # sample on each host's own devices from a gathered copy
     from dgpo_jax.parallel import distributed
-    params = distributed.to_host(params)
+    params = distributed.host_local(params)
   outs = sample(built, params, list(g.prompts), g.max_new_tokens, chat=g.chat, seed=config.seed)
   result = {"final_metrics": last_metrics,
             "samples": [{"prompt": p, "continuation": o} for p, o in zip(g.prompts, outs)]}

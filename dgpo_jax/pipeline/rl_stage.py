@@ -19,7 +19,7 @@ from flax import nnx
 from dgpo_jax.data import lm_data
 from dgpo_jax.models.decoder import ValueModel
 from dgpo_jax.models.sampler import SamplingParams
-from dgpo_jax.parallel import sharding
+from dgpo_jax.parallel import distributed, sharding
 from dgpo_jax.rl import batch as B
 from dgpo_jax.rl import distill, ppo
 from dgpo_jax.rollout.engine import RolloutEngine
@@ -144,7 +144,8 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
   # measured on a sample of the questions; the margin covers longer ones
   engine.sampler = engine.sampler_for(student.graphdef, state[policy_key]["params"],
                                       [q["question"] for q in train_q[:256]], margin=32)
-  sp = SamplingParams(temperature=c.temperature, top_p=c.top_p)
+  sp = (SamplingParams(greedy=True) if c.temperature == 0 else
+        SamplingParams(temperature=c.temperature, top_p=c.top_p))
   metrics_w = MetricsWriter(workdir, name=f"metrics_{name}", enabled=jax.process_index() == 0)
   prog = Progress(name, steps, start=start)
   rng = jax.random.key(config.seed + 101)
@@ -153,8 +154,8 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     t0 = time.time()
     idx = lm_data.batch_indices(len(train_q), c.questions_per_step, step, config.seed + 11)
     qs = [train_q[i] for i in idx for _ in range(n_samples)]
-    engine.sampler.params = state[policy_key]["params"]
-    trajs = engine.run([q["question"] for q in qs], jax.random.fold_in(rng, step), sp)
+    engine.sampler.params = distributed.host_local(state[policy_key]["params"])
+    trajs = engine.run_sharded([q["question"] for q in qs], jax.random.fold_in(rng, step), sp)
     arr = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
     arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
     m = B.rollout_metrics(trajs, arr["score"])

@@ -103,7 +103,7 @@ def load_pretrained(spec, param_dtype, dtype, mesh, rules, remat=False, ctor=Dec
 def build_retriever(config):
   """The configured search tool: a Search-R1 server, or a local index (built into the cache
   for `data.corpus` on first use when `retrieval.index` is empty)."""
-  from dgpo_jax.models.registry import cache_dir
+  from dgpo_jax.utils.cli import cache_dir
   from dgpo_jax.retrieval import index as index_lib
   from dgpo_jax.retrieval.retriever import HttpRetriever, IndexRetriever
   r = config.retrieval

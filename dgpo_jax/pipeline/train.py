@@ -129,12 +129,7 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
                                       [q["question"] for q in qs], margin=32)
   sp = SamplingParams(greedy=config.tgo.temperature == 0, temperature=max(
       config.tgo.temperature, 1e-6))
-  trajs = []
-  bs = config.eval.batch_size
-  for s in range(0, len(qs), bs):
-    trajs += engine.run([q["question"] for q in qs[s:s + bs]],
-                        jax.random.fold_in(jax.random.key(config.seed + 31), s), sp)
-    _log(f"[tgo] {len(trajs)}/{len(qs)} teacher trajectories")
+  trajs = E.rollouts(engine, qs, config.eval.batch_size, rng_seed=config.seed + 31, sp=sp)
   full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
   stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
            **B.rollout_metrics(trajs, full["score"])}

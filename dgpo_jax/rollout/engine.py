@@ -19,6 +19,7 @@ import numpy as np
 
 from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
 from dgpo_jax.models.tokenizer import Tokenizer
+from dgpo_jax.parallel import distributed
 from dgpo_jax.retrieval.retriever import RetrieverError, format_information
 from dgpo_jax.rollout import text as T
 from dgpo_jax.utils.errors import DgpoError
@@ -93,9 +94,25 @@ class RolloutEngine:
 
   def sampler_for(self, graphdef, params, questions: Sequence[str], margin: int = 0) -> Sampler:
     """A Sampler whose (bucketed) cache fits rollouts of `questions` (+ `margin` prompt
-    tokens, for questions not among those measured)."""
+    tokens, for questions not among those measured). With several processes the sampler
+    holds this host's own copy of the params (see `run_sharded`)."""
     longest = max(len(self.prompt_ids(q)) for q in questions)
-    return Sampler(graphdef, params, bucket(self.cache_needed(longest + margin)), self.tok.pad_id)
+    return Sampler(graphdef, distributed.host_local(params),
+                   bucket(self.cache_needed(longest + margin)), self.tok.pad_id)
+
+  def run_sharded(self, questions: Sequence[str], rng, sp: SamplingParams = SamplingParams(),
+                  contexts: Optional[Sequence[Sequence]] = None) -> list[Trajectory]:
+    """`run` over all processes: each rolls out its share of `questions` on its own devices
+    (retrieving for its own rows) with its own sampling stream, and every process gets every
+    trajectory back, in order. With one process this is `run`."""
+    if jax.process_count() == 1:
+      return self.run(questions, rng, sp, contexts)
+    share = distributed.process_share(len(questions))
+    mine = []
+    if share.stop > share.start:
+      mine = self.run(list(questions[share]), jax.random.fold_in(rng, jax.process_index()), sp,
+                      None if contexts is None else list(contexts[share]))
+    return distributed.allgather_objects(mine)
 
   def prompt_ids(self, question: str) -> list:
     return self.tok.encode(self.tok.apply_chat(T.user_message(question)))
