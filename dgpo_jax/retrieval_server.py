@@ -108,9 +108,14 @@ def make_server(retriever, host="127.0.0.1", port=8000, limits: Limits = Limits(
           out.append([{"id": d.id, "contents": d.contents} for d in docs])
       self._send(200, {"result": out})
 
-  server = ThreadingHTTPServer((host, port), Handler)
-  server.daemon_threads = True
-  return server
+  return _Server((host, port), Handler)
+
+
+class _Server(ThreadingHTTPServer):
+  # socketserver's listen backlog of 5 overflows when a whole training step's workers connect
+  # at once (the 32-client load test saw a connection reset); the kernel caps it anyway.
+  request_queue_size = 1024
+  daemon_threads = True
 
 
 def serve_in_thread(retriever, host="127.0.0.1", port=0, limits: Limits = Limits()):

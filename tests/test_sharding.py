@@ -94,3 +94,25 @@ def test_bad_meshes_fail_clearly():
     S.make_mesh("model:8")
   with pytest.raises(DgpoError, match="8 devices are not divisible by 3"):
     S.make_mesh("data:-1,tensor:3")
+
+
+def test_sampler_splits_rows_over_the_data_axes():
+  """With params on a data:4,fsdp:2 mesh, the sampler's cache is born split by rows (8 rows:
+  one per device; 2 rows: replicated) and greedy decoding equals a single-device sampler."""
+  from dgpo_jax.models.sampler import Sampler, SamplingParams
+  cfg, mesh, g, params, _ = _setup("data:4,fsdp:2")
+  sharded = Sampler(g, params, 64, row_sharding=S.row_sharder(params))
+  plain = Sampler(g, jax.device_get(params), 64)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, cfg.vocab_size, int(n)).tolist() for n in rng.integers(2, 9, 8)]
+  st = sharded.prefill(prompts)
+  assert st.cache["k"].sharding.spec == P(None, ("data", "fsdp"))
+  assert st.cache["k"].addressable_shards[0].data.shape[1] == 1
+  sub, _ = sharded.take_rows(st, [1, 5])
+  assert sub.cache["k"].sharding.is_fully_replicated
+  greedy = SamplingParams(greedy=True)
+  _, a = sharded.decode(st, 6, jax.random.key(0), greedy)
+  _, b = plain.decode(plain.prefill(prompts), 6, jax.random.key(0), greedy)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  assert S.row_sharder(jax.device_get(params)) is None

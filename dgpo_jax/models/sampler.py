@@ -106,11 +106,15 @@ class Sampler:
       possibly sharded. `params` may be reassigned between calls (a policy being trained).
     cache_size: slots per row; prompt + everything appended/generated must fit.
     pad_id: id used for padding (never attended).
+    row_sharding: optional `f(rows, ndim, axis) -> Sharding` placing the rows of a batch's
+      state (e.g. `parallel.sharding.row_sharder`), so each device decodes its own rows;
+      by default the state follows wherever the computation puts it.
   """
 
-  def __init__(self, graphdef, params, cache_size: int, pad_id: int = 0):
+  def __init__(self, graphdef, params, cache_size: int, pad_id: int = 0, row_sharding=None):
     self.graphdef = graphdef
     self.params = params
+    self.row_sharding = row_sharding
     self.cfg: ModelConfig = nnx.merge(graphdef, params).cfg
     self.cache_size = cache_size
     self.pad_id = pad_id
@@ -188,13 +192,21 @@ class Sampler:
                         st.lengths.at[idx].set(sub.lengths),
                         st.last_logits.at[idx].set(sub.last_logits))
 
+  def _place(self, st: SamplerState) -> SamplerState:
+    if self.row_sharding is None:
+      return st
+    B, f = int(st.lengths.shape[0]), self.row_sharding
+    return SamplerState({k: jax.device_put(v, f(B, v.ndim, 1)) for k, v in st.cache.items()},
+                        jax.device_put(st.lengths, f(B, 1, 0)),
+                        jax.device_put(st.last_logits, f(B, 2, 0)))
+
   def take_rows(self, st: SamplerState, rows: Sequence[int]) -> tuple[SamplerState, np.ndarray]:
     """A sub-batch of `rows`, padded (by repeating the first row) to a power-of-two size so
     few shapes compile. Returns (sub state, padded row ids)."""
     rows = list(rows)
     size = min(bucket(len(rows), minimum=1), int(st.lengths.shape[0]))
     idx = np.asarray(rows + [rows[0]] * (size - len(rows)), np.int32)
-    return self._take(st, jnp.asarray(idx)), idx
+    return self._place(self._take(st, jnp.asarray(idx))), idx
 
   def put_rows(self, st: SamplerState, idx: np.ndarray, n_real: int,
                sub: SamplerState) -> SamplerState:
@@ -211,9 +223,16 @@ class Sampler:
 
   # ---- host API ----
   def new_state(self, batch: int) -> SamplerState:
-    return SamplerState(init_cache(self.cfg, batch, self.cache_size),
-                        jnp.zeros((batch,), jnp.int32),
-                        jnp.zeros((batch, self.cfg.vocab_size), jnp.float32))
+    make = lambda: SamplerState(init_cache(self.cfg, batch, self.cache_size),
+                                jnp.zeros((batch,), jnp.int32),
+                                jnp.zeros((batch, self.cfg.vocab_size), jnp.float32))
+    if self.row_sharding is None:
+      return make()
+    f = self.row_sharding  # born split: a whole-rollout cache never sits on one device
+    shape = jax.eval_shape(make)
+    out = SamplerState({k: f(batch, v.ndim, 1) for k, v in shape.cache.items()},
+                       f(batch, 1, 0), f(batch, 2, 0))
+    return jax.jit(make, out_shardings=out)()
 
   def prefill(self, prompts: Sequence[Sequence[int]]) -> SamplerState:
     """Starts a batch from token-id prompts (each non-empty)."""

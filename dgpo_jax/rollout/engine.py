@@ -19,7 +19,7 @@ import numpy as np
 
 from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
 from dgpo_jax.models.tokenizer import Tokenizer
-from dgpo_jax.parallel import distributed
+from dgpo_jax.parallel import distributed, sharding
 from dgpo_jax.retrieval.retriever import RetrieverError, format_information
 from dgpo_jax.rollout import text as T
 from dgpo_jax.utils.errors import DgpoError
@@ -94,11 +94,13 @@ class RolloutEngine:
 
   def sampler_for(self, graphdef, params, questions: Sequence[str], margin: int = 0) -> Sampler:
     """A Sampler whose (bucketed) cache fits rollouts of `questions` (+ `margin` prompt
-    tokens, for questions not among those measured). With several processes the sampler
-    holds this host's own copy of the params (see `run_sharded`)."""
+    tokens, for questions not among those measured). Rows are split over the data axes of
+    the params' mesh; with several processes the sampler holds this host's own copy of the
+    params (see `run_sharded`)."""
     longest = max(len(self.prompt_ids(q)) for q in questions)
-    return Sampler(graphdef, distributed.host_local(params),
-                   bucket(self.cache_needed(longest + margin)), self.tok.pad_id)
+    params = distributed.host_local(params)
+    return Sampler(graphdef, params, bucket(self.cache_needed(longest + margin)),
+                   self.tok.pad_id, row_sharding=sharding.row_sharder(params))
 
   def run_sharded(self, questions: Sequence[str], rng, sp: SamplingParams = SamplingParams(),
                   contexts: Optional[Sequence[Sequence]] = None) -> list[Trajectory]:
