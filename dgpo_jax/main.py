@@ -20,7 +20,8 @@ flags.DEFINE_string("coordinator_address", "", "Multi-process: HOST:PORT of proc
 flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", -1, "Multi-process: this process's index.")
 flags.DEFINE_string("xla_cache", None, "XLA's persistent compilation cache directory; '' turns "
-                    "it off. Default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/dgpo_jax/xla.")
+                    "it off. Default: $JAX_COMPILATION_CACHE_DIR, else $DGPO_JAX_CACHE/xla "
+                    "(~/.cache/dgpo_jax/xla).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 

@@ -46,10 +46,10 @@ def read_passages(corpus_path: str, ids: set) -> dict:
 
 
 def rollouts(engine, questions, batch_size, contexts=None, rng_seed: int = 0,
-             sp: SamplingParams = SamplingParams(greedy=True)):
-  """Rollouts of QA rows in batches (greedy by default), with progress; one Trajectory per
-  row, in order. With several processes each rolls out its share of the rows on its own
-  devices and every process gets all the trajectories."""
+             sp: SamplingParams = SamplingParams(greedy=True), label: str = "evaluate"):
+  """Rollouts of QA rows in batches (greedy by default), with progress lines tagged
+  `[label]`; one Trajectory per row, in order. With several processes each rolls out its
+  share of the rows on its own devices and every process gets all the trajectories."""
   share = distributed.process_share(len(questions))
   mine = questions[share]
   out = []
@@ -64,7 +64,7 @@ def rollouts(engine, questions, batch_size, contexts=None, rng_seed: int = 0,
     rate = done / max(time.time() - t0, 1e-9)
     if jax.process_index() == 0:
       host = " (this host's share)" if len(mine) < len(questions) else ""
-      print(f"[evaluate]   {done}/{len(mine)} questions{host}, {rate:.2f} q/s, "
+      print(f"[{label}]   {done}/{len(mine)} questions{host}, {rate:.2f} q/s, "
             f"ETA {(len(mine) - done) / max(rate, 1e-9):.0f} s", flush=True)
   return distributed.allgather_objects(out)
 

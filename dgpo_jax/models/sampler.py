@@ -115,6 +115,7 @@ class Sampler:
     self.graphdef = graphdef
     self.params = params
     self.row_sharding = row_sharding
+    self._new_state = {}  # batch → jitted constructor of an empty state, born row-split
     self.cfg: ModelConfig = nnx.merge(graphdef, params).cfg
     self.cache_size = cache_size
     self.pad_id = pad_id
@@ -222,17 +223,21 @@ class Sampler:
     return st._replace(lengths=jnp.asarray(lengths, jnp.int32))
 
   # ---- host API ----
+  def _empty(self, batch: int) -> SamplerState:
+    return SamplerState(init_cache(self.cfg, batch, self.cache_size),
+                        jnp.zeros((batch,), jnp.int32),
+                        jnp.zeros((batch, self.cfg.vocab_size), jnp.float32))
+
   def new_state(self, batch: int) -> SamplerState:
-    make = lambda: SamplerState(init_cache(self.cfg, batch, self.cache_size),
-                                jnp.zeros((batch,), jnp.int32),
-                                jnp.zeros((batch, self.cfg.vocab_size), jnp.float32))
     if self.row_sharding is None:
-      return make()
-    f = self.row_sharding  # born split: a whole-rollout cache never sits on one device
-    shape = jax.eval_shape(make)
-    out = SamplerState({k: f(batch, v.ndim, 1) for k, v in shape.cache.items()},
-                       f(batch, 1, 0), f(batch, 2, 0))
-    return jax.jit(make, out_shardings=out)()
+      return self._empty(batch)
+    if batch not in self._new_state:  # born split: a rollout's cache never sits on one device
+      f, make = self.row_sharding, functools.partial(self._empty, batch)
+      shape = jax.eval_shape(make)
+      out = SamplerState({k: f(batch, v.ndim, 1) for k, v in shape.cache.items()},
+                         f(batch, 1, 0), f(batch, 2, 0))
+      self._new_state[batch] = jax.jit(make, out_shardings=out)
+    return self._new_state[batch]()
 
   def prefill(self, prompts: Sequence[Sequence[int]]) -> SamplerState:
     """Starts a batch from token-id prompts (each non-empty)."""

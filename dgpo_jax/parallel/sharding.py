@@ -176,26 +176,19 @@ def to_dtype(state, dtype):
 
 def row_sharder(params, rules=DEFAULT_RULES) -> Optional[Callable]:
   """For a sampler whose params live on a mesh: `f(rows, ndim, axis) -> NamedSharding` that
-  splits dimension `axis` (the rows of a KV cache or of logits) over the mesh axes of the
-  "batch" rule, replicating when the rows do not divide. None when there is nothing to split
-  (params on one device, or batch axes of size 1), so each device decodes its own rows
-  instead of every device decoding all of them."""
+  splits dimension `axis` (the rows of a KV cache or of logits) like the "batch" logical axis,
+  replicating when the rows do not divide. None when there is nothing to split (params on one
+  device, or batch axes of size 1), so each device decodes its own rows instead of every
+  device decoding all of them."""
   sh = next((x.sharding for x in jax.tree.leaves(params)
              if isinstance(getattr(x, "sharding", None), NamedSharding)), None)
   if sh is None:
     return None
   mesh = sh.mesh
-  target = dict(rules).get("batch")
-  targets = tuple(t for t in ((target,) if isinstance(target, str) else tuple(target or ()))
-                  if mesh.shape[t] > 1)
-  n = int(np.prod([mesh.shape[t] for t in targets])) if targets else 1
-  if n == 1:
-    return None
 
   def f(rows: int, ndim: int, axis: int) -> NamedSharding:
-    spec = [None] * ndim
-    if rows % n == 0:
-      spec[axis] = targets[0] if len(targets) == 1 else targets
-    return NamedSharding(mesh, P(*spec))
+    axes, shape = [None] * ndim, [1] * ndim
+    axes[axis], shape[axis] = "batch", rows
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 
-  return f
+  return None if f(mesh.size, 1, 0).spec == P(None) else f

@@ -138,15 +138,15 @@ def _lower_decode(config, graphdef, params, mesh, rules):
   shape = jax.eval_shape(lambda: SamplerState(init_cache(s.cfg, rows, cache),
                                               jnp.zeros((rows,), jnp.int32),
                                               jnp.zeros((rows, s.cfg.vocab_size), jnp.float32)))
-  row_axes = sharding.batch_sharding(mesh, 1, rules).spec[0]
-  cache_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, row_axes))
-  st = SamplerState({k: _sds(v.shape, v.dtype, cache_sh) for k, v in shape.cache.items()},
-                    _sds((rows,), jnp.int32, sharding.batch_sharding(mesh, 1, rules)),
-                    _sds((rows, s.cfg.vocab_size), jnp.float32,
-                         sharding.batch_sharding(mesh, 2, rules)))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # the rows split as the rollout's sampler splits them
+  f = sharding.row_sharder(params, rules) or (lambda rows, ndim, axis: rep)
+  st = SamplerState({k: _sds(v.shape, v.dtype, f(rows, v.ndim, 1))
+                     for k, v in shape.cache.items()},
+                    _sds((rows,), jnp.int32, f(rows, 1, 0)),
+                    _sds((rows, s.cfg.vocab_size), jnp.float32, f(rows, 2, 0)))
   return s._decode.lower(
-      params, st, jax.random.key(0), _sds((rows,), jnp.bool_, sharding.batch_sharding(
-          mesh, 1, rules)), _sds((), jnp.int32, rep), _sds((4, 3), jnp.int32, rep),
+      params, st, jax.random.key(0), _sds((rows,), jnp.bool_, f(rows, 1, 0)),
+      _sds((), jnp.int32, rep), _sds((4, 3), jnp.int32, rep),
       _sds((4,), jnp.int32, rep), sp=SamplingParams(temperature=r.temperature, top_p=r.top_p),
       width=bucket(r.max_turn_tokens), attn_window=cache).compile()

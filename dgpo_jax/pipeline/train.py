@@ -129,7 +129,8 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
                                       [q["question"] for q in qs], margin=32)
   sp = SamplingParams(greedy=config.tgo.temperature == 0, temperature=max(
       config.tgo.temperature, 1e-6))
-  trajs = E.rollouts(engine, qs, config.eval.batch_size, rng_seed=config.seed + 31, sp=sp)
+  trajs = E.rollouts(engine, qs, config.eval.batch_size, rng_seed=config.seed + 31, sp=sp,
+                     label="tgo")
   full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
   stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
            **B.rollout_metrics(trajs, full["score"])}
