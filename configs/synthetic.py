@@ -41,7 +41,7 @@ def get_config(arg: str = ""):
   shape = lambda d, l, ff: ml_collections.ConfigDict(dict(d_model=d, n_layers=l, n_heads=4,
                                                          n_kv_heads=2, d_ff=ff))
   c.teacher = shape(128, 4, 384)  # 0.95M params
-  c.student = shape(64, 2, 192)  # 0.23M params: the teacher is 4.1× larger
+  c.student = shape(48, 2, 144)  # 0.16M params: the teacher is 6.0× larger
   c.prep = ml_collections.ConfigDict(dict(lm_steps=300, lm_lr=3e-3, sft_steps=300, sft_lr=3e-3,
                                           warmup_steps=20, batch_size=16, sft_examples=3000,
                                           drills=True))

@@ -47,3 +47,17 @@ def test_pack_and_resumable_batch_order():
   assert len(set(sum(a[:3], []))) == 9  # no repeats within an epoch
   with pytest.raises(DgpoError, match="exceeds"):
     lm_data.batch_indices(2, 3, 0, 0)
+
+
+def test_loss_positions_list_the_counted_targets_one_shape_per_width():
+  loss = np.zeros((3, 9), np.int32)
+  loss[0, 3:6] = 1  # targets 3..5 → input positions 2..4
+  loss[1, 1] = loss[1, 8] = 1
+  lengths = np.array([7, 9, 150])
+  loss[2, 1:] = 1
+  caps = lm_data.loss_caps(lengths, loss, multiple=64, k_multiple=4)
+  assert caps == {64: 4, 192: 8}  # a width's cap covers every row short enough to be in it
+  idx = lm_data.loss_positions(loss[:2], caps[64])
+  assert idx.tolist() == [[2, 3, 4, -1], [0, 7, -1, -1]]
+  with pytest.raises(DgpoError, match="row 0 has 3 loss positions, more than K=2"):
+    lm_data.loss_positions(loss[:1], 2)

@@ -18,10 +18,11 @@ def _golden(name):
   return d, np.load(f"{d}/inputs.npy"), np.load(f"{d}/mask.npy"), np.load(f"{d}/logits.npy")
 
 
-@pytest.mark.parametrize("name", ["qwen2", "llama"])
-def test_logits_match_transformers(name):
+@pytest.mark.parametrize("name,attn_chunk", [("qwen2", 128), ("llama", 128), ("llama", 16)])
+def test_logits_match_transformers(name, attn_chunk):
   d, ids, mask, want = _golden(name)
   cfg, params = hf_io.load_hf_params(d)
+  cfg = cfg.replace(attn_chunk=attn_chunk)  # 16: 40 tokens in three causal query blocks
   graphdef, params = registry.place_params(cfg, params)
   got, _ = nnx.merge(graphdef, params)(jnp.asarray(ids), valid_bt=jnp.asarray(mask))
   err = np.abs(np.asarray(got) - want)[mask.astype(bool)].max()
@@ -81,3 +82,25 @@ def test_remat_gives_same_grads(tiny_model):
   a, b = loss(g), loss(g2)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_causal_blocks_and_unrolled_layers_give_the_same_logits_and_grads(tiny_model):
+  """Query blocks (attn_chunk) skip masked keys and the unrolled layer stack (scan_unroll)
+  compiles differently; neither may change the numbers (right-padded rows included)."""
+  cfg, (g, params) = tiny_model()
+  tokens = (jnp.arange(2 * 150).reshape(2, 150) * 7) % cfg.vocab_size
+  valid = jnp.arange(150)[None] < jnp.array([[150], [97]])
+  w = jax.random.normal(jax.random.key(3), (2, 150, cfg.vocab_size))
+
+  def run(**kw):
+    gd, _ = nnx.split(Decoder(cfg.replace(**kw), rngs=nnx.Rngs(0)))
+    f = lambda p: (nnx.merge(gd, p)(tokens, valid_bt=valid)[0] * w * valid[..., None]).sum()
+    return jax.value_and_grad(f)(params), nnx.merge(gd, params)(tokens, valid_bt=valid)[0]
+
+  (v0, g0), l0 = run(attn_chunk=0)
+  for kw in (dict(attn_chunk=64), dict(attn_chunk=32, scan_unroll=cfg.n_layers)):
+    (v1, g1), l1 = run(**kw)
+    np.testing.assert_allclose(l1, l0, atol=1e-5)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):  # f32 sums over 300 rows
+      np.testing.assert_allclose(x, y, atol=1e-5 * float(np.abs(y).max()))

@@ -165,3 +165,26 @@ def test_plans_and_bad_combinations():
       train.plan(_cfg(**bad))
   with pytest.raises(ValueError, match="kl_estimator"):
     ppo.PPOConfig(kl_estimator="k2")
+
+
+def test_losses_on_listed_positions_equal_the_masked_losses(tiny_model):
+  """SFT's LM loss and the KD loss computed on the gathered loss positions (`loss_idx`) equal
+  the same losses over every position with the mask, values and gradients."""
+  from dgpo_jax.data import lm_data
+  from dgpo_jax.rl import distill
+  cfg, (g, params) = tiny_model()
+  _, (gt, pt) = tiny_model(seed=1)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, cfg.vocab_size, (4, 33)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  mask[3, 20:] = 0
+  gen = (rng.random(tokens.shape) < 0.3).astype(np.int32) * mask
+  gen[:, 0] = 0
+  batch = {"tokens": tokens, "mask": mask, "loss_mask": gen}
+  listed = dict(batch, loss_idx=lm_data.loss_positions(gen, 16))
+  kd = distill.make_loss(g, gt, "ce_fkl", lam=1.0, chunk=128, block=64)
+  for fn in (lambda p, b: lm.lm_loss(g, p, b)[0], lambda p, b: kd(g, p, b, pt)[0]):
+    (a, ga), (b, gb) = (jax.value_and_grad(fn)(params, x) for x in (batch, listed))
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+      np.testing.assert_allclose(x, y, atol=1e-6)

@@ -106,3 +106,40 @@ def _grouped_order(lengths_bytes, n, batch_size, epoch, seed, group):
     part = part[np.argsort(lengths[part], kind="stable")]
     batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
   return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def loss_caps(lengths: Sequence[int], loss_mask: np.ndarray, multiple: int = 64,
+              k_multiple: int = 32) -> dict:
+  """{batch width: K}: the most loss positions any row fitting that width holds (rounded
+  up to `k_multiple`). A batch of width w then gathers a fixed [B, K_w] set of positions:
+  one compiled shape per width, as `length_grouped_batch` already has.
+
+  `loss_mask` [N, T+1] marks targets that count (its column 0 never does: targets start at
+  column 1).
+  """
+  lengths = np.asarray(lengths)
+  counts = np.asarray(loss_mask)[:, 1:].astype(bool).sum(1)
+  widths = np.maximum(multiple, -(-lengths // multiple) * multiple)
+  caps = {}
+  for w in np.unique(widths):
+    k = int(counts[widths <= w].max(initial=1))
+    caps[int(w)] = min(int(w) - 1, max(k_multiple, -(-k // k_multiple) * k_multiple))
+  return caps
+
+
+def loss_positions(loss_mask_bt: np.ndarray, k: int) -> np.ndarray:
+  """int32 [B, k]: per row, the input positions t whose target (column t+1) has loss mask 1,
+  in order, padded with -1. The loss heads (LM head, fused KL) then run on these K positions
+  instead of all T (in SFT and KD about one position in seven is model-generated).
+
+  Raises:
+    DgpoError: if a row has more than k loss positions (it would silently lose some).
+  """
+  m = np.asarray(loss_mask_bt)[:, 1:].astype(bool)
+  out = np.full((m.shape[0], k), -1, np.int32)
+  for r, row in enumerate(m):
+    idx = np.flatnonzero(row)
+    if len(idx) > k:
+      fail(f"loss_positions: row {r} has {len(idx)} loss positions, more than K={k}")
+    out[r, :len(idx)] = idx
+  return out

@@ -103,7 +103,7 @@ def model_cfg(config, which, tok):
   return model_config.preset("tiny-llama", d_model=m.d_model, n_layers=m.n_layers,
                              n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, d_ff=m.d_ff,
                              vocab_size=tok.vocab_size, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
-                             bos_id=tok.bos_id, max_seq_len=4096)
+                             bos_id=tok.bos_id, max_seq_len=4096, scan_unroll=m.n_layers)
 
 
 def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=0):
@@ -170,10 +170,12 @@ def run(config, workdir):
       tokens, valid, loss = sft
 
       lengths = valid.sum(1)
+      caps = lm_data.loss_caps(lengths, loss)
 
       def sft_batch(s):
         idx, w = lm_data.length_grouped_batch(lengths, B, s, config.seed + 7)
-        return {"tokens": tokens[idx, :w], "mask": valid[idx, :w], "loss_mask": loss[idx, :w]}
+        return {"tokens": tokens[idx, :w], "mask": valid[idx, :w], "loss_mask": loss[idx, :w],
+                "loss_idx": lm_data.loss_positions(loss[idx, :w], caps[w])}
 
       fc = FitConfig(steps=config.prep.sft_steps, lr=config.prep.sft_lr,
                      warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,

@@ -18,7 +18,7 @@ from flax import nnx
 
 from dgpo_jax.data import lm_data
 from dgpo_jax.models.decoder import ValueModel
-from dgpo_jax.models.sampler import SamplingParams
+from dgpo_jax.models.sampler import SamplingParams, fine_bucket
 from dgpo_jax.parallel import distributed, sharding
 from dgpo_jax.rl import batch as B
 from dgpo_jax.rl import distill, ppo
@@ -156,7 +156,11 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     qs = [train_q[i] for i in idx for _ in range(n_samples)]
     engine.sampler.params = distributed.host_local(state[policy_key]["params"])
     trajs = engine.run_sharded([q["question"] for q in qs], jax.random.fold_in(rng, step), sp)
-    arr = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
+    longest = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
+    # Widths of 2^k or 1.5·2^k (≤ 1/3 padding): each new width compiles the experience
+    # pass and the update again, a few seconds each on CPU.
+    arr = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id,
+                              width=fine_bucket(longest + 1, minimum=64))
     arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
     m = B.rollout_metrics(trajs, arr["score"])
     t_roll = time.time() - t0

@@ -172,11 +172,13 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
                               chunk=config.kernel.chunk, block=config.kernel.block)
 
   lengths = data["mask"].sum(1)
+  caps = lm_data.loss_caps(lengths, data["gen"])
 
   def batch_fn(step):
     idx, w = lm_data.length_grouped_batch(lengths, bs, step, config.seed + 23)
     return {"tokens": data["tokens"][idx, :w], "mask": data["mask"][idx, :w],
-            "loss_mask": data["gen"][idx, :w], "step": np.full((bs,), step, np.int32)}
+            "loss_mask": data["gen"][idx, :w], "step": np.full((bs,), step, np.int32),
+            "loss_idx": lm_data.loss_positions(data["gen"][idx, :w], caps[w])}
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
   history = json.load(open(val_f)) if os.path.isfile(val_f) else []

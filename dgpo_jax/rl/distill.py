@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dgpo_jax.rl import fused_kl
+from dgpo_jax.train.lm import select_loss_positions
 
 LOSSES = ("ce_fkl", "skew_fkl", "taid", "jsd")
 
@@ -39,7 +40,8 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
   """`loss_fn(graphdef, params, batch, frozen) -> (loss, aux)` for `train.lm.make_update`.
 
   batch: tokens [B, T+1], mask [B, T+1] (real tokens), loss_mask [B, T+1] (1 on generated
-  tokens), and for taid a replicated `step` scalar. frozen: the teacher's params.
+  tokens), optionally loss_idx [B, K] (those positions: both heads run on them only), and
+  for taid a replicated `step` scalar. frozen: the teacher's params.
   """
   if loss not in LOSSES:
     raise ValueError(f"kd.loss={loss!r}: expected one of {LOSSES}")
@@ -48,11 +50,13 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
     del graphdef
     inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
     valid = batch["mask"][:, :-1]
-    w = batch["loss_mask"][:, 1:].astype(jnp.float32).reshape(-1)
+    w_bt = batch["loss_mask"][:, 1:].astype(jnp.float32)
     hs, ws = hidden_and_head(student_graphdef, params, inputs, valid)
     ht, wt = hidden_and_head(teacher_graphdef, jax.lax.stop_gradient(frozen), inputs, valid)
+    hs, y, w = select_loss_positions(batch, hs, targets, w_bt)
+    ht, _, _ = select_loss_positions(batch, ht, targets, w_bt)
     hs, ht = hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1])
-    y = targets.reshape(-1)
+    y, w = y.reshape(-1), w.reshape(-1)
     n = jnp.maximum(w.sum(), 1.0)
     st = fused_kl.token_stats(hs, ws, ht, wt, y, impl=impl, chunk=chunk, block=block)
     ce = (-st["logp_s"] * w).sum() / n

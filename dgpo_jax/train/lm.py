@@ -31,17 +31,34 @@ def token_nll(logits_btv, targets_bt):
   return logz - tgt
 
 
+def select_loss_positions(batch, h_btd, targets_bt, w_bt):
+  """With `batch["loss_idx"]` (int32 [B, K], padded with -1; `data.lm_data.loss_positions`):
+  the hidden states [B, K, D], targets and weights [B, K] at those positions only, so the
+  LM head and the losses after it skip the positions that do not count. Without it, the
+  inputs unchanged."""
+  if "loss_idx" not in batch:
+    return h_btd, targets_bt, w_bt
+  idx = batch["loss_idx"]
+  safe = jnp.maximum(idx, 0)
+  h = jnp.take_along_axis(h_btd, safe[..., None], axis=1)
+  w = jnp.take_along_axis(w_bt, safe, axis=1) * (idx >= 0)
+  return h, jnp.take_along_axis(targets_bt, safe, axis=1), w
+
+
 def lm_loss(graphdef, params, batch, frozen=None):
   """Mean next-token NLL over positions whose target mask is 1.
 
   batch: {"tokens": int32 [B, T+1], "mask": [B, T+1] (real tokens), optional
-  "loss_mask": [B, T+1] (which targets count: e.g. model-generated tokens only in SFT)}.
+  "loss_mask": [B, T+1] (which targets count: e.g. model-generated tokens only in SFT),
+  optional "loss_idx": [B, K] (those positions listed, to run the LM head on them only)}.
   """
   del frozen
   model = nnx.merge(graphdef, params)
   inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
-  logits, _ = model(inputs, valid_bt=batch["mask"][:, :-1])
+  h, _ = model.hidden(inputs, valid_bt=batch["mask"][:, :-1])
   w = batch.get("loss_mask", batch["mask"])[:, 1:].astype(jnp.float32)
+  h, targets, w = select_loss_positions(batch, h, targets, w)
+  logits = model.logits(h)
   nll = token_nll(logits, targets)
   n = jnp.maximum(w.sum(), 1.0)
   return (nll * w).sum() / n, {"tokens": w.sum()}
