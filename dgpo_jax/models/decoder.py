@@ -96,8 +96,9 @@ class Blocks(nnx.Module):
 def _dense(x, w, n_in: int = 1):
   """x [..., *in] @ w [*in, *out] as one 2-D matmul ([rows, in] × [in, out]).
 
-  XLA:CPU runs a dot whose gradient contracts over several dims (batch and time) about 1.7×
-  slower than the same dot on flattened rows (measured on the teacher's MLP, 16×512 tokens).
+  XLA:CPU runs the gradient dots of a 3-D einsum (contracting batch and time together)
+  slower than the same dots on flattened rows: the synthetic teacher's MLP forward+backward
+  takes 1.2-1.6× as long as 3-D einsums (`python -m benchmarks.train_step`).
   """
   lead, ins, outs = x.shape[:x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
   y = x.reshape(-1, math.prod(ins)) @ w.reshape(math.prod(ins), -1)
