@@ -15,7 +15,7 @@ devices, copy bandwidth and matmul peak as the benchmarks measure them):
   retrieval     encoder passages/s vs sentence-transformers; ScaNN recall@3 and QPS vs exact
   server_load   the retrieval server under 32 concurrent clients: p50/p99, failures
   synthetic     wall time of `main` on configs/synthetic.py (:smoke by default; `full` is the
-                29-minute embedded default)
+                13-minute embedded default)
 
 Each figure is measured side by side with its baseline inside its benchmark's own run. On a
 GPU host the same command runs there and records the device.
