@@ -45,8 +45,9 @@ class ModelConfig:
     scan_unroll: layers per iteration of the scan over blocks in a plain forward
       (training, scoring; `lax.scan(unroll=...)`); n_layers unrolls the stack: faster for
       tiny models on CPU (the synthetic teacher's step takes 1.1-1.45× as long rolled,
-      `benchmarks.train_step`), slower to compile for deep ones. Cached forwards (sampling) keep the rolled scan: unrolled, XLA copies
-      the cache around each layer and decoding ran 1.8× slower.
+      `benchmarks.train_step`), slower to compile for deep ones. Cached forwards (sampling)
+      keep the rolled scan: unrolled, XLA copies the cache around each layer and decoding
+      ran 1.8× slower.
   """
 
   family: str

@@ -112,8 +112,9 @@ def _attend(qg, segments, positions_bt, scale, dt, kv_slice=None):
   q = qg.reshape(B, KV, G * T, hd)  # one contraction dim in every gradient dot
   scores = []
   for keys, _, kpos_bs, kvalid_bs in segments:
-    if kv_slice is not None:
-      keys, kpos_bs, kvalid_bs = keys[:, :, :kv_slice], kpos_bs[:, :kv_slice], kvalid_bs[:, :kv_slice]
+    if kv_slice is not None:  # later keys are masked for every query of this block
+      keys = keys[:, :, :kv_slice]
+      kpos_bs, kvalid_bs = kpos_bs[:, :kv_slice], kvalid_bs[:, :kv_slice]
     sc = jnp.einsum("bkqd,bksd->bkqs", q, keys).astype(jnp.float32).reshape(B, KV, G, T, -1)
     mask = (kpos_bs[:, None, :] <= positions_bt[:, :, None]) & kvalid_bs[:, None, :]
     scores.append(jnp.where(mask[:, None, None], sc * scale, _NEG_INF))
