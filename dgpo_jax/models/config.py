@@ -46,8 +46,9 @@ class ModelConfig:
       (training, scoring; `lax.scan(unroll=...)`); n_layers unrolls the stack: faster for
       tiny models on CPU (the synthetic teacher's step takes 1.1-1.45× as long rolled,
       `benchmarks.train_step`), slower to compile for deep ones. Cached forwards (sampling)
-      keep the rolled scan: unrolled, XLA copies the cache around each layer and decoding
-      ran 1.8× slower.
+      keep the rolled scan: unrolled, XLA copies the cache around each layer, and a
+      multi-turn decode of the synthetic teacher took about 1.8× as long (an ad-hoc
+      measurement, not a repository benchmark).
   """
 
   family: str
