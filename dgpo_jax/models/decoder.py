@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dgpo_jax.models import cpu_decode
 from dgpo_jax.models.config import ModelConfig
 
 # {"k": [L, B, KV, S, hd], "v": same}. Heads before slots: decode attention is then a batched
@@ -170,6 +171,27 @@ def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn, causal_c
   x = x + _dense(jax.nn.silu(gate) * up, p["w_down"].astype(dt))
   return x, (k, v)  # [B, T, KV, hd]
 
+
+def _kernel_block(cfg: ModelConfig, inv_freq, packed, i, p, x, positions_bt, cache, lengths_b):
+  """`_block` for one token per row on the CPU kernels (`cpu_decode`): the weights are the
+  packed stacked ones, layer `i`; attention reads the cache of layer `i` in place."""
+  B = x.shape[0]
+  H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  mm = lambda a, name, n: cpu_decode.matmul_packed(a, packed[name], n, i)
+  h = rms_norm(x, p["attn_norm"], cfg.rms_eps)[:, 0]
+  q, k, v = mm(h, "wq", H * hd), mm(h, "wk", KV * hd), mm(h, "wv", KV * hd)
+  q, k, v = q.reshape(B, 1, H, hd), k.reshape(B, 1, KV, hd), v.reshape(B, 1, KV, hd)
+  if cfg.qkv_bias:
+    q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+  q = apply_rope(q, positions_bt, inv_freq)
+  k = apply_rope(k, positions_bt, inv_freq)
+  attn = cpu_decode.decode_attention(q[:, 0], k[:, 0], v[:, 0], cache["k"], cache["v"], i,
+                                     lengths_b, 1.0 / math.sqrt(hd))
+  x = x + mm(attn.reshape(B, H * hd), "wo", cfg.d_model)[:, None]
+  h = rms_norm(x, p["mlp_norm"], cfg.rms_eps)[:, 0]
+  up = jax.nn.silu(mm(h, "w_gate", cfg.d_ff)) * mm(h, "w_up", cfg.d_ff)
+  return x + mm(up, "w_down", cfg.d_model)[:, None], (k, v)
+
 class Decoder(nnx.Module):
   """Causal LM: embedding → stacked blocks → final RMSNorm → LM head."""
 
@@ -186,8 +208,20 @@ class Decoder(nnx.Module):
     """The LM head as [D, V] (the embedding transposed when tied)."""
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
+  def packed_weights(self) -> dict:
+    """The matmul weights as 2-D [in, out] per layer, packed for `cpu_decode.matmul_packed`:
+    a float32 copy that one-token-per-row decoding on the CPU kernels reads (`packed=`)."""
+    st, L = self.blocks.stacked(), self.cfg.n_layers
+    flat_out = lambda w: w.reshape(L, w.shape[1], -1)  # [L, D, heads, hd] → [L, D, heads·hd]
+    out = {k: cpu_decode.pack(flat_out(st[k])) for k in ("wq", "wk", "wv")}
+    out["wo"] = cpu_decode.pack(st["wo"].reshape(L, -1, self.cfg.d_model))
+    out.update({k: cpu_decode.pack(st[k]) for k in ("w_gate", "w_up", "w_down")})
+    out["head"] = cpu_decode.pack(self.head_weight())
+    return out
+
   def hidden(self, tokens_bt, positions_bt=None, *, valid_bt=None,
-             cache: Optional[Cache] = None, cache_window: Optional[int] = None):
+             cache: Optional[Cache] = None, cache_window: Optional[int] = None,
+             packed: Optional[dict] = None):
     """Final hidden states [B, T, D] (after the final norm) and the updated cache.
 
     Args:
@@ -201,6 +235,8 @@ class Decoder(nnx.Module):
       cache_window: static bound on the cached prefix: only slots [0, window) are attended
         (0 skips the cache, as in a prefill). Every row's chunk must start at or before it.
         Default: the whole cache.
+      packed: `packed_weights()`; with a cache and one token per row, the layers run on the
+        CPU kernels (`cpu_decode`; float32 on a single CPU device, not differentiable).
     """
     cfg = self.cfg
     B, T = tokens_bt.shape
@@ -243,7 +279,17 @@ class Decoder(nnx.Module):
                                chunk_segment(k, v)]
         return _block(cfg, inv_freq, p, x, positions_bt, segs)
 
-      x, (k_new, v_new) = jax.lax.scan(layer, x, (stacked, cache["k"], cache["v"]))
+      if packed is not None and T == 1:
+        # Big weights and the cache stay loop-invariant operands (no per-layer slice copy);
+        # only the layer index and the small params (norms, biases) are scanned.
+        small = {k: v for k, v in stacked.items() if k not in packed}
+        lengths = jnp.minimum(start[:, 0], W)
+        x, (k_new, v_new) = jax.lax.scan(
+            lambda x, xs: _kernel_block(cfg, inv_freq, packed, xs[0], xs[1], x, positions_bt,
+                                        cache, lengths),
+            x, (jnp.arange(cfg.n_layers, dtype=jnp.int32), small))
+      else:
+        x, (k_new, v_new) = jax.lax.scan(layer, x, (stacked, cache["k"], cache["v"]))
       bidx = jnp.arange(B)[:, None]
       # Indexing dims 1 and 3 of [L, B, KV, S, hd] puts the [B, T] index dims first.
       write = lambda c, new: c.at[:, bidx, :, positions_bt].set(
@@ -251,10 +297,13 @@ class Decoder(nnx.Module):
       new_cache = {"k": write(cache["k"], k_new), "v": write(cache["v"], v_new)}
     return rms_norm(x, self.final_norm[...], cfg.rms_eps), new_cache
 
-  def logits(self, hidden_btd):
-    """LM-head logits [B, T, V] in float32."""
-    w = self.head_weight().astype(self.cfg.jnp_dtype)
+  def logits(self, hidden_btd, packed: Optional[dict] = None):
+    """LM-head logits [B, T, V] in float32 (through the CPU kernel when `packed` is given)."""
     B, T, D = hidden_btd.shape
+    if packed is not None:
+      return cpu_decode.matmul_packed(hidden_btd.reshape(B * T, D), packed["head"],
+                                      self.cfg.vocab_size).reshape(B, T, -1)
+    w = self.head_weight().astype(self.cfg.jnp_dtype)
     return jnp.dot(hidden_btd.reshape(B * T, D), w,
                    preferred_element_type=jnp.float32).reshape(B, T, -1)
 

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from dgpo_jax.models.config import ModelConfig
+from dgpo_jax.models import cpu_decode
 from dgpo_jax.models.decoder import init_cache
 from dgpo_jax.utils.errors import fail
 
@@ -109,19 +110,53 @@ class Sampler:
     row_sharding: optional `f(rows, ndim, axis) -> Sharding` placing the rows of a batch's
       state (e.g. `parallel.sharding.row_sharder`), so each device decodes its own rows;
       by default the state follows wherever the computation puts it.
+    cpu_kernels: decode steps on the C++ kernels of `cpu_decode` (packed weights, in-place
+      cache reads). None (default) uses them where they apply: CPU backend, float32 model,
+      params on one device, no row sharding, and the kernels built. False keeps XLA's dots.
   """
 
-  def __init__(self, graphdef, params, cache_size: int, pad_id: int = 0, row_sharding=None):
+  def __init__(self, graphdef, params, cache_size: int, pad_id: int = 0, row_sharding=None,
+               cpu_kernels: Optional[bool] = None):
     self.graphdef = graphdef
-    self.params = params
     self.row_sharding = row_sharding
     self._new_state = {}  # batch → jitted constructor of an empty state, born row-split
     self.cfg: ModelConfig = nnx.merge(graphdef, params).cfg
+    self.params = params
     self.cache_size = cache_size
     self.pad_id = pad_id
+    self.cpu_kernels = (self._kernels_apply(params) if cpu_kernels is None
+                        else bool(cpu_kernels) and cpu_decode.available())
+    self._pack = jax.jit(lambda p: nnx.merge(self.graphdef, p).packed_weights())
     self._chunk = jax.jit(self._chunk_impl, static_argnames=("window",), donate_argnums=(1,))
     self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "width", "attn_window"),
-                           donate_argnums=(1,))
+                           donate_argnums=(2,))
+
+  @property
+  def params(self):
+    return self._params
+
+  @params.setter
+  def params(self, params):  # a policy being trained: its packed copy is made again
+    self._params, self._packed = params, None
+
+  def _kernels_apply(self, params) -> bool:
+    if jax.default_backend() != "cpu" or self.row_sharding is not None:
+      return False
+    if self.cfg.dtype != "float32" or self.cfg.param_dtype != "float32":
+      return False
+    devices = set()
+    for leaf in jax.tree.leaves(params):
+      if isinstance(leaf, jax.Array):
+        devices |= set(leaf.sharding.device_set)
+    return len(devices) <= 1 and cpu_decode.available()
+
+  def packed(self) -> Optional[dict]:
+    """The decode-only packed weights (`Decoder.packed_weights`), made once per params."""
+    if not self.cpu_kernels:
+      return None
+    if self._packed is None:
+      self._packed = self._pack(self._params)
+    return self._packed
 
   # ---- jitted bodies ----
   def _chunk_impl(self, params, st: SamplerState, tokens_bt, n_b, *, window: int):
@@ -135,8 +170,8 @@ class Sampler:
     return SamplerState(cache, st.lengths + n_b,
                         jnp.where(has_new[:, None], logits, st.last_logits))
 
-  def _decode_impl(self, params, st: SamplerState, rng, active_b, max_new, stops_nk, stop_len_n,
-                   *, sp: SamplingParams, width: int, attn_window: int):
+  def _decode_impl(self, params, packed, st: SamplerState, rng, active_b, max_new, stops_nk,
+                   stop_len_n, *, sp: SamplingParams, width: int, attn_window: int):
     model = nnx.merge(self.graphdef, params)
     B = active_b.shape[0]
     K = stops_nk.shape[1]
@@ -160,8 +195,9 @@ class Sampler:
       # Every sampled token is fed back, the stop tokens too: a later append continues
       # right after them.
       pos = st.lengths[:, None]  # a full row (length S) writes nowhere: scatter drops it
-      h, cache = model.hidden(tok[:, None], pos, cache=st.cache, cache_window=attn_window)
-      logits = model.logits(h)[:, 0]
+      h, cache = model.hidden(tok[:, None], pos, cache=st.cache, cache_window=attn_window,
+                              packed=packed)
+      logits = model.logits(h, packed)[:, 0]
       st = SamplerState(cache, st.lengths + active.astype(jnp.int32),
                         jnp.where(active[:, None], logits, st.last_logits))
       n = n + active.astype(jnp.int32)
@@ -281,7 +317,7 @@ class Sampler:
     width = bucket(max_new_tokens)
     longest = int(np.asarray(st.lengths).max(initial=0))
     st, toks, logps, n, stop_idx = self._decode(
-        self.params, st, rng, jnp.asarray(active), jnp.int32(max_new_tokens),
+        self.params, self.packed(), st, rng, jnp.asarray(active), jnp.int32(max_new_tokens),
         jnp.asarray(table), jnp.asarray(lens), sp=sp, width=width,
         attn_window=self._window(longest + max_new_tokens))
     res = DecodeResult(np.asarray(toks)[:, :max_new_tokens], np.asarray(logps)[:, :max_new_tokens],

@@ -134,7 +134,7 @@ def _lower_decode(config, graphdef, params, mesh, rules):
   from dgpo_jax.models.sampler import Sampler, SamplerState, SamplingParams, bucket
   r = config.rollout
   rows, cache = rollout_shape(config)
-  s = Sampler(graphdef, params, cache, 0)
+  s = Sampler(graphdef, params, cache, 0, cpu_kernels=False)  # the accelerators' program
   shape = jax.eval_shape(lambda: SamplerState(init_cache(s.cfg, rows, cache),
                                               jnp.zeros((rows,), jnp.int32),
                                               jnp.zeros((rows, s.cfg.vocab_size), jnp.float32)))
@@ -146,7 +146,7 @@ def _lower_decode(config, graphdef, params, mesh, rules):
                     _sds((rows,), jnp.int32, f(rows, 1, 0)),
                     _sds((rows, s.cfg.vocab_size), jnp.float32, f(rows, 2, 0)))
   return s._decode.lower(
-      params, st, jax.random.key(0), _sds((rows,), jnp.bool_, f(rows, 1, 0)),
+      params, None, st, jax.random.key(0), _sds((rows,), jnp.bool_, f(rows, 1, 0)),
       _sds((), jnp.int32, rep), _sds((4, 3), jnp.int32, rep),
       _sds((4,), jnp.int32, rep), sp=SamplingParams(temperature=r.temperature, top_p=r.top_p),
       width=bucket(r.max_turn_tokens), attn_window=cache).compile()
