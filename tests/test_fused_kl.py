@@ -8,6 +8,9 @@ import pytest
 from dgpo_jax.rl import fused_kl as F
 
 N, DS, DT, V = 45, 16, 24, 300
+# The Pallas kernel compiled for the device runs where there is one (`JAX_PLATFORMS=cuda
+# python -m pytest tests/test_fused_kl.py`); on CPU it runs in interpret mode only.
+IMPLS = ["jnp", "pallas_interpret"] + (["pallas"] if jax.default_backend() != "cpu" else [])
 
 
 def _inputs(seed=0, scale=0.3):
@@ -17,7 +20,7 @@ def _inputs(seed=0, scale=0.3):
           jax.random.randint(k[4], (N,), 0, V))
 
 
-@pytest.mark.parametrize("impl", ["jnp", "pallas_interpret"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_token_stats_match_naive(impl):
   hs, ws, ht, wt, y = _inputs()
   got = F.token_stats(hs, ws, ht, wt, y, block=16, chunk=64, impl=impl)  # V, N not multiples
@@ -27,7 +30,7 @@ def test_token_stats_match_naive(impl):
   assert float(ref["kl_ts"].min()) >= 0 and float(ref["kl_st"].min()) >= 0
 
 
-@pytest.mark.parametrize("impl", ["jnp", "pallas_interpret"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_token_stats_gradients_match_naive(impl):
   hs, ws, ht, wt, y = _inputs(1)
   g = jax.random.normal(jax.random.key(9), (len(F.STATS), N))
