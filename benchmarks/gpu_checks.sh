@@ -37,7 +37,7 @@ PYEOF
 impls="jnp pallas"; [ -n "${ONLY_PALLAS:-}" ] && impls=pallas
 for impl in $impls; do
   # Triton tiles live in shared memory (232 KB on an H100): small blocks for the kernel
-  if [ $impl = pallas ]; then tiles="--block=64 --chunk=128"; else tiles="--block=128 --chunk=2048"; fi
+  if [ $impl = pallas ]; then tiles="--block=64 --chunk=128"; else tiles="--block=8192 --chunk=4096"; fi
   timeout 240 "$PY" -m benchmarks.fused_kl --impl=$impl --tokens=8192 $tiles \
     --out="$OUT/fused_kl_gpu_$impl.json" > "$OUT/fused_kl_$impl.log" 2>&1 \
     || echo "fused_kl $impl failed: $(tail -c 600 "$OUT/fused_kl_$impl.log")"
