@@ -36,6 +36,21 @@ def test_packed_matmul_rejects_a_bad_layer_index():
     jax.block_until_ready(cpu_decode.matmul_packed(jnp.ones((2, 8)), w, 48, 2))
 
 
+def test_packed_matmul_returns_only_the_columns_asked_for():
+  w = np.arange(8 * 200, dtype=np.float32).reshape(8, 200) / 100
+  x = np.ones((3, 8), np.float32)
+  got = cpu_decode.matmul_packed(x, cpu_decode.pack(w), 30)  # 5 panels packed, 1 read
+  np.testing.assert_allclose(np.asarray(got), x @ w[:, :30], rtol=1e-6)
+
+
+def test_decode_attention_rejects_mismatched_shapes():
+  q, kv = jnp.ones((2, 4, 8)), jnp.ones((2, 2, 8))
+  cache = jnp.ones((1, 2, 2, 16, 8))
+  with pytest.raises(Exception, match="expected k_new, v_new"):
+    jax.block_until_ready(cpu_decode.decode_attention(q, kv, jnp.ones((2, 2, 4)), cache, cache,
+                                                      0, jnp.zeros(2, jnp.int32), 1.0))
+
+
 def test_decode_attention_equals_float64():
   rng = np.random.default_rng(0)
   L, B, H, KV, S, hd = 2, 5, 6, 2, 24, 20

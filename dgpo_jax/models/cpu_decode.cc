@@ -136,11 +136,12 @@ ffi::Error MatmulPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   const float* wp = w.typed_data() + off;
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
-  const int64_t per = std::max<int64_t>(1, NP / (4 * std::max<int64_t>(1, pool.num_threads())));
-  const int64_t chunks = (NP + per - 1) / per;
+  const int64_t used = (N + kP - 1) / kP;  // panels holding the N columns asked for
+  const int64_t per = std::max<int64_t>(1, used / (4 * std::max<int64_t>(1, pool.num_threads())));
+  const int64_t chunks = (used + per - 1) / per;
   parallel_for(pool, chunks, [&](int64_t c) {
     float acc[8 * kP];
-    for (int64_t p = c * per; p < std::min(NP, (c + 1) * per); ++p) {
+    for (int64_t p = c * per; p < std::min(used, (c + 1) * per); ++p) {
       const int64_t n0 = p * kP, width = std::min<int64_t>(kP, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += 8) {
         const int64_t mr = std::min<int64_t>(8, M - m0);
@@ -168,8 +169,16 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
     return ffi::Error::InvalidArgument("dgpo decode_attention: q [B,H,hd], cache [L,B,KV,S,hd]");
   const int64_t B = qd[0], H = qd[1], hd = qd[2];
   const int64_t L = cd[0], KV = cd[2], S = cd[3];
-  if (cd[1] != B || cd[4] != hd || H % KV != 0)
-    return ffi::Error::InvalidArgument("dgpo decode_attention: shapes disagree");
+  const auto same = [](auto a, auto b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end());
+  };
+  const auto kd = k_new.dimensions();
+  if (cd[1] != B || cd[4] != hd || H % KV != 0 || !same(cache_v.dimensions(), cd) ||
+      kd.size() != 3 || kd[0] != B || kd[1] != KV || kd[2] != hd ||
+      !same(v_new.dimensions(), kd) || lengths.element_count() != static_cast<size_t>(B))
+    return ffi::Error::InvalidArgument(
+        "dgpo decode_attention: expected k_new, v_new [B, KV, hd] and lengths [B] matching "
+        "q [B, H, hd] and caches [L, B, KV, S, hd]");
   const int32_t l = layer.typed_data()[0];
   if (l < 0 || l >= L)
     return ffi::Error::InvalidArgument("dgpo decode_attention: layer index out of range");

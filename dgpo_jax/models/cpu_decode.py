@@ -5,8 +5,8 @@ under the layer scan it first copies each layer's weight and cache slice. The ke
 `cpu_decode.cc` read stacked operands in place (the layer index is an operand): weights
 packed into column panels (`pack`, a decode-only copy the sampler keeps) are streamed once
 per step with up to 8 rows' outputs in registers, and attention reads only each row's
-filled cache slots. `python -m benchmarks.decode` measures the effect (its `kernels` field says whether
-they ran).
+filled cache slots. `python -m benchmarks.decode` measures the effect (its `kernels` field
+says whether they ran).
 
 The library is compiled on first use with the host's C++ compiler (`$CXX`, default g++;
 -O3 -march=native) into `$DGPO_JAX_CACHE/kernels/`, keyed by the source, the compiler and
