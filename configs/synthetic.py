@@ -13,7 +13,7 @@ student, the teacher, the KD student and the DGPO student → results.json, repo
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
-      # 109 s (35 s with a warm XLA cache): a small world, a few steps per stage (the tests' config)
+      # 81 s (34 s with a warm XLA cache): a small world, a few steps per stage (the tests' config)
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
       # every method and ablation × 3 seeds, one shared preparation: 29.5 min (docs/results.md)
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
