@@ -37,7 +37,6 @@ inline float hsum(vec v) {
   return s;
 }
 
-
 // Runs fn(i) for i in [0, n) on the caller and up to (pool threads - 1) helpers. Chunks are
 // claimed from an atomic counter, so a helper that starts late (its pool thread busy with
 // other XLA work) finds nothing left and returns: the caller never waits for queued tasks,
@@ -65,7 +64,6 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, F fn) {
   for (int64_t i; (i = st->next.fetch_add(1)) < n;) fn(i);
   while (st->active.load() > 0) std::this_thread::yield();
 }
-
 
 // Panel width of packed weights: a [K, N] matrix is stored as [ceil(N / kP), K, kP] (zero
 // columns pad the last panel), so one panel is one contiguous stream read once, front to

@@ -38,7 +38,7 @@ _TARGETS = {"dgpo_matmul_packed": "DgpoMatmulPacked",
             "dgpo_decode_attention": "DgpoDecodeAttention"}
 PANEL = 48  # kP in cpu_decode.cc
 _lock = threading.Lock()
-_state: dict = {}  # "ok": bool, "why": str, "lib": path
+_state: dict = {}  # "ok": bool, and "why": str when not ok
 
 
 def _cpu_signature() -> str:
@@ -93,7 +93,6 @@ def available() -> bool:
         for target, symbol in _TARGETS.items():
           jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                       platform="cpu")
-        _state["lib"] = path
       except (OSError, RuntimeError, AttributeError) as e:
         why = f"build failed: {e}"
     _state["ok"] = why is None

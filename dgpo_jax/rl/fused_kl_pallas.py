@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from dgpo_jax.models.sampler import bucket
 from dgpo_jax.rl import fused_kl as F
 
 _HI = jax.lax.Precision.HIGHEST  # float32 dots, not TF32, on GPU: the stats match to 1e-5
 
 
-def _pow2(n: int) -> int:
-  return 1 << max(0, int(n - 1).bit_length())
+_pow2 = functools.partial(bucket, minimum=1)  # the smallest power of two >= n
 
 
 def _kernel(hs_ref, ws_ref, ht_ref, wt_ref, y_ref, *out_refs, chunk, nc, v, bs, bt):
