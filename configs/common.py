@@ -109,7 +109,7 @@ def base() -> ml_collections.ConfigDict:
   c.ablation = ""  # no_cold_start | uniform_kl | no_teacher_guidance | inverted | kd_with_incorrect_tgo
 
   c.tgo = ml_collections.ConfigDict()
-  c.tgo.num_questions = 1000  # training questions the teacher answers
+  c.tgo.num_questions = 1000  # training questions the teacher answers (≤ 0: all of them)
   c.tgo.temperature = 1.0  # 0 = greedy
   c.tgo.keep_incorrect = False
 

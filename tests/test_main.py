@@ -58,7 +58,7 @@ def test_synthetic_smoke_train_end_to_end(smoke_run):
   assert set(results["test"]) == {"student_base", "teacher", "student_kd", "student_final"}
   for row in results["test"].values():
     assert 0.0 <= row["avg"] <= 1.0 and "single_hop" in row
-  assert results["stages"] == {"kd": "kd-ce_fkl-lam1-all", "rl": "rl-dgpo"}
+  assert results["stages"] == {"kd": "kd-ce_fkl-lam1-all-16q-t0", "rl": "rl-dgpo"}
   rl = [json.loads(l) for l in open(s / "metrics_rl-dgpo.jsonl")]
   assert [m["step"] for m in rl] == [1, 2]
   assert sorted(os.listdir(s / "checkpoints" / "rl-dgpo")) == ["1", "2"]

@@ -34,7 +34,7 @@ def workdir(tmp_path_factory, smoke_run):
 @pytest.mark.parametrize("method,ablation,stages", [
     ("grpo", "", {"rl": "rl-grpo"}),
     ("gkd", "", {"rl": "rl-gkd"}),
-    ("taid", "", {"kd": "kd-taid-lam1-all"}),
+    ("taid", "", {"kd": "kd-taid-lam1-all-16q-t0"}),
 ])
 def test_method_runs(workdir, method, ablation, stages):
   r = _main(workdir, f"--config.method={method}", f"--config.ablation={ablation}")

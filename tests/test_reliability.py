@@ -19,7 +19,7 @@ from conftest import ROOT, WIKI, copy_prepared, needs_shared
 from dgpo_jax.utils.checkpoint import Checkpointer
 from dgpo_jax.utils.errors import DgpoError
 
-KD = "kd-ce_fkl-lam1-all"
+KD = "kd-ce_fkl-lam1-all-16q-t0"
 
 
 def _start(workdir):

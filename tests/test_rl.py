@@ -167,6 +167,15 @@ def test_plans_and_bad_combinations():
     ppo.PPOConfig(kl_estimator="k2")
 
 
+def test_tgo_sets_are_keyed_by_what_determines_them():
+  """A TGO set (and the KD run on it) is named by its questions and temperature, so a run
+  with another `tgo.num_questions` never reuses a smaller set's trajectories."""
+  from dgpo_jax.pipeline import train
+  keys = {train.tgo_key(_cfg(**{"tgo.num_questions": n, "tgo.temperature": t}))
+          for n in (0, 16, 600) for t in (0.0, 1.0)}
+  assert len(keys) == 6 and "allq-t0" in keys and "600q-t1" in keys
+
+
 def test_losses_on_listed_positions_equal_the_masked_losses(tiny_model):
   """SFT's LM loss and the KD loss computed on the gathered loss positions (`loss_idx`) equal
   the same losses over every position with the mask, values and gradients."""

@@ -37,3 +37,25 @@ def test_aggregate_markdown_and_curves(tmp_path):
   pytest.importorskip("matplotlib")
   assert tables.plot_curves({"dgpo": [rows]}, str(tmp_path / "c.png"))
   assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_claims_pair_questions_and_give_verdicts():
+  def res(scores):
+    return {"test": {"student_final": {"avg": sum(scores) / len(scores),
+                                       "em_per_question": scores}}}
+  good, bad = [1.0] * 60 + [0.0] * 40, [1.0] * 20 + [0.0] * 80
+  results = {}
+  for s in (0, 1, 2):
+    results[(s, "dgpo", "")] = res(good)
+    results[(s, "kd", "")] = res(bad)  # DGPO beats KD: reproduced
+    results[(s, "ppo", "")] = res(good)  # DGPO vs PPO: identical, inconclusive
+    results[(s, "grpo", "")] = res(good)
+  cl = {c["claim"]: c for c in tables.claims(results, [0, 1, 2])}
+  assert cl["DGPO beats KD"]["verdict"] == "reproduced"
+  assert cl["DGPO beats KD"]["diff"] == pytest.approx(0.4)
+  assert cl["DGPO beats PPO"]["verdict"] == "inconclusive"
+  assert cl["KD beats PPO"]["verdict"] == "contradicted"
+  assert "DGPO beats TAID" not in cl  # a run that did not happen is not judged
+  md = tables.markdown({"seeds": [0, 1, 2], "runs": {}, "reference": {},
+                        "claims": list(cl.values())})
+  assert "| DGPO beats KD | dgpo | kd | +0.400 |" in md and "reproduced" in md

@@ -18,6 +18,7 @@ from flax import nnx
 from dgpo_jax.data import lm_data
 from dgpo_jax.data import synthetic_world as SW
 from dgpo_jax.eval import evaluate as E
+from dgpo_jax.eval import probe
 from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models import hf_io
@@ -152,6 +153,16 @@ def run(config, workdir):
   lm_rows = lm_data.pack(docs, config.data.seq_len, eos)
   results = {}
   models = {}
+  done_f = os.path.join(workdir, "prepare_result.json")
+  fresh = not os.path.isfile(done_f)
+  probe_items = probe.items(d, tok, n=config.prep.probe_items, seed=config.seed) if fresh else {}
+
+  def measure(key, graphdef, params):  # base skills, once per preparation
+    if fresh:
+      results.setdefault("probe", {})[key] = probe.accuracy(graphdef, params, probe_items,
+                                                            tok.pad_id)
+      _log(f"[prepare] {key} probe: {results['probe'][key]}")
+
   for which in ("student", "teacher"):
     cfg = model_cfg(config, which, tok)
     graphdef, params, shardings = sharding.create_sharded(
@@ -166,6 +177,7 @@ def run(config, workdir):
     params, m = fit(f"{which}_lm", workdir, graphdef, params, shardings, mesh, lm_batch, fc,
                     config.seed, _log)
     results[f"{which}_lm_loss"] = m.get("loss")
+    measure(f"{which}_lm", graphdef, params)
     if which == "teacher":
       tokens, valid, loss = sft
 
@@ -183,6 +195,7 @@ def run(config, workdir):
       params, m = fit("teacher_sft", workdir, graphdef, params, shardings, mesh, sft_batch, fc,
                       config.seed, _log)
       results["teacher_sft_loss"] = m.get("loss")
+      measure("teacher_sft", graphdef, params)
     models[which] = (cfg, graphdef, params, shardings)
     if jax.process_index() == 0 and not os.path.isfile(
         os.path.join(workdir, "models", which, "tokenizer.model")):  # HF-format copy: loadable by `ask`, `generate`, transformers
@@ -190,8 +203,7 @@ def run(config, workdir):
                       tokenizer_dir=None, extra_files={})
       shutil.copy(tok_prefix + ".model", os.path.join(workdir, "models", which,
                                                       "tokenizer.model"))
-  done_f = os.path.join(workdir, "prepare_result.json")
-  if os.path.isfile(done_f):  # a finished preparation: its evaluation is not repeated
+  if not fresh:  # a finished preparation: its evaluation is not repeated
     with open(done_f) as f:
       return json.load(f), models, tok, retriever
   dev = read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]

@@ -4,6 +4,7 @@ sample trajectories (one correct, one wrong) rendered readably."""
 import json
 import os
 
+from dgpo_jax.eval import stats
 from dgpo_jax.eval.metrics import exact_match
 
 FAMILIES = ("single_hop", "bridge", "comparison", "three_hop")
@@ -52,6 +53,13 @@ def write(workdir, config, results, history, samples):
            + f", seed {results['seed']}\n",
            f"Plan: {' → '.join(results['plan'])}. Workdir: `{workdir}`.\n",
            "\n## Test EM (greedy)\n\n", em_table(results["test"])]
+  probe = results.get("prepare", {}).get("probe")
+  if probe:
+    parts.append("\n## Base skills (teacher-forced next-token accuracy on held-out entities, "
+                 "`eval/probe.py`)\n\n| model | copy | copy, whole list | reading | "
+                 "reading, whole answer |\n|---|---|---|---|---|\n" + "".join(
+                     f"| {k} | {v['copy']:.3f} | {v['copy_exact']:.3f} | {v['reading']:.3f} | "
+                     f"{v['reading_exact']:.3f} |\n" for k, v in probe.items()))
   if history.get("kd"):
     parts.append("\n## KD validation (dev EM per epoch)\n\n")
     parts.append("| epoch | step | EM | loss |\n|---|---|---|---|\n" + "".join(
@@ -69,6 +77,17 @@ def write(workdir, config, results, history, samples):
     for r in (rows[:1] + rows[-1:]) if len(rows) > 1 else rows:
       parts.append(f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4g}"
                                                    for k in keys) + " |\n")
+    ems = [r["em"] for r in rows if "em" in r]
+    if len(ems) >= 2:
+      c = stats.first_last_change(ems)
+      parts.append(f"\nTraining-rollout EM, first {c['n_each']} vs last {c['n_each']} of "
+                   f"{len(ems)} steps: {c['first']:.3f} → {c['last']:.3f}, change "
+                   f"{c['change']:+.3f} (95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
+                   f"bootstrap over the steps' EMs).\n")
+    val = [r for r in rows if "val_avg" in r]
+    if val:
+      parts.append("\nRL validation EM (dev slice): " + ", ".join(
+          f"step {r['step']}: {r['val_avg']:.3f}" for r in val) + ".\n")
   shown = {k: v for k, v in samples.items()
            if not (k == "student_kd" and "student_final" in samples)}
   _finish(workdir, config, parts, shown)

@@ -30,6 +30,18 @@ MAIN = (("dgpo", ""), ("ppo", ""), ("sft_ppo", ""), ("kd", ""), ("distillm", "")
 ABLATIONS = tuple(("dgpo", a) for a in train.ABLATIONS if a)
 ARCAP_KEYS = ("thinking_em", "hit_ratio_first", "hit_ratio_all", "searches_per_question",
               "em_given_gold_retrieved", "answer_in_retrieved_share")
+# The paper's claims as paired comparisons of final-student test EM: (claim, run a, run b,
+# the sign of a − b the paper reports).
+CLAIMS = (("DGPO beats KD", "dgpo", "kd", 1), ("DGPO beats PPO", "dgpo", "ppo", 1),
+          ("DGPO beats SFT→PPO", "dgpo", "sft_ppo", 1),
+          ("DGPO beats DistiLLM", "dgpo", "distillm", 1), ("DGPO beats TAID", "dgpo", "taid", 1),
+          ("DGPO beats GKD", "dgpo", "gkd", 1),
+          ("selective KL beats uniform KL", "dgpo", "dgpo-uniform_kl", 1),
+          ("cold start helps", "dgpo", "dgpo-no_cold_start", 1),
+          ("teacher guidance helps (vs PPO after KD)", "dgpo", "dgpo-no_teacher_guidance", 1),
+          ("KD→PPO beats PPO→KD", "dgpo", "dgpo-inverted", 1),
+          ("correct-only TGO beats all TGO", "dgpo", "dgpo-kd_with_incorrect_tgo", 1),
+          ("KD beats PPO", "kd", "ppo", 1), ("GRPO trails PPO on compact models", "ppo", "grpo", 1))
 CURVES = (("em", "EM of the rollouts"), ("token_reward_sum", "reward per trajectory"),
           ("kl", "KL estimate"), ("entropy", "entropy"))
 
@@ -89,6 +101,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
     _log(f"[tables] {i + 1}/{len(todo)} done (seed {seed}, {tag(method, ablation)}); "
          f"{rate:.0f} s per run, ETA {rate * (len(todo) - i - 1) / 60:.1f} min")
   tables = aggregate(results, seeds, runs)
+  tables["claims"] = claims(results, seeds)
   tables["wall_s"] = round(time.time() - t0, 1)
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
@@ -139,6 +152,25 @@ def aggregate(results: dict, seeds, runs) -> dict:
   return {"seeds": list(seeds), "runs": rows, "reference": ref}
 
 
+def claims(results: dict, seeds) -> list:
+  """Each claim of CLAIMS whose two runs finished on every seed: the paired EM difference
+  with a 95% bootstrap interval over seeds and questions, and a verdict."""
+  from dgpo_jax.eval import stats
+  by_tag = {(s, tag(m, a)): r for (s, m, a), r in results.items()}
+  out = []
+  for claim, a, b, sign in CLAIMS:
+    rows = [(by_tag.get((s, a)), by_tag.get((s, b))) for s in seeds]
+    if any(x is None or y is None for x, y in rows):
+      continue
+    per_q = lambda r: r["test"]["student_final"].get("em_per_question")
+    if any(per_q(x) is None or per_q(y) is None for x, y in rows):
+      continue
+    d, lo, hi = stats.paired_diff_ci([per_q(x) for x, _ in rows], [per_q(y) for _, y in rows])
+    out.append({"claim": claim, "a": a, "b": b, "diff": d, "ci95": [lo, hi],
+                "verdict": stats.verdict(lo, hi, sign)})
+  return out
+
+
 def _cell(v, bold=False):
   if v is None:
     return "-"
@@ -166,11 +198,25 @@ def markdown(tables: dict) -> str:
     for n in names:
       if n in src:
         s += f"| {n} | " + " | ".join(_cell(src[n]["arcap"][k]) for k in ARCAP_KEYS) + " |\n"
+  if tables.get("claims"):
+    s += ("\n### The paper's claims (paired EM difference a − b, 95% bootstrap CI over seeds "
+          "and questions)\n\n| claim | a | b | a − b | 95% CI | verdict |\n" + "|---" * 6 + "|\n")
+    for c in tables["claims"]:
+      s += (f"| {c['claim']} | {c['a']} | {c['b']} | {c['diff']:+.3f} | "
+            f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | {c['verdict']} |\n")
   if tables.get("rl"):
     s += ("\n### RL, first → last step (mean over seeds)\n\n| run | " + " | ".join(RL_KEYS)
           + " |\n" + "|---" * (len(RL_KEYS) + 1) + "|\n")
     for n, r in tables["rl"].items():
       s += f"| {n} | " + " | ".join(f"{r[k][0]:.3f} → {r[k][1]:.3f}" for k in RL_KEYS) + " |\n"
+    changes = {n: r["em_change"] for n, r in tables["rl"].items() if "em_change" in r}
+    if changes:
+      s += ("\nTraining-rollout EM, first vs last 10% of RL steps (mean over seeds; 95% CI "
+            "bootstrapped over steps):\n\n| run | first | last | change | 95% CI |\n"
+            + "|---" * 5 + "|\n")
+      for n, c in changes.items():
+        s += (f"| {n} | {c['first']:.3f} | {c['last']:.3f} | {c['change']:+.3f} | "
+              f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] |\n")
   return s
 
 
@@ -190,6 +236,11 @@ def rl_first_last(curves: dict) -> dict:
     steps = sorted({r["step"] for s in series for r in s})
     out[name] = {k: [_mean_at(series, k, steps[0]), _mean_at(series, k, steps[-1])]
                  for k in RL_KEYS}
+    ems = [_mean_at(series, "em", s) for s in steps]
+    ems = [e for e in ems if e == e]
+    if len(ems) >= 2:  # training-rollout EM, first vs last 10% of steps (mean over seeds)
+      from dgpo_jax.eval import stats
+      out[name]["em_change"] = stats.first_last_change(ems)
   return out
 
 

@@ -27,6 +27,8 @@ import numpy as np
 from dgpo_jax.data import lm_data, qa
 from dgpo_jax.eval import arcap
 from dgpo_jax.eval import evaluate as E
+from dgpo_jax.eval import probe
+from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report
@@ -114,15 +116,25 @@ def _write_json(path, obj):
     cli.write_json(path, obj, indent=2)
 
 
+def tgo_key(config) -> str:
+  """What determines a TGO set (and so the KD run trained on it): its questions and
+  sampling temperature."""
+  n = config.tgo.num_questions
+  return f"{'all' if n <= 0 else n}q-t{config.tgo.temperature:g}"
+
+
 def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_q):
-  """TGO: the teacher's rollouts on training questions, correct ones kept (or all, for the
-  ablation). Cached in `workdir/tgo/`."""
+  """TGO: the teacher's rollouts on training questions (`tgo.num_questions`, ≤ 0 for the
+  whole training split), correct ones kept (or all, for the ablation). Cached in
+  `workdir/tgo/<tgo_key>/`."""
   keep_all = config.tgo.keep_incorrect or config.ablation == "kd_with_incorrect_tgo"
-  out = os.path.join(workdir, "tgo", f"tgo_{'all' if keep_all else 'correct'}.npz")
+  tgo_dir = os.path.join(workdir, "tgo", tgo_key(config))
+  out = os.path.join(tgo_dir, f"tgo_{'all' if keep_all else 'correct'}.npz")
   if os.path.isfile(out):
     z = np.load(out)
     return {k: z[k] for k in z.files}
-  qs = train_q[:config.tgo.num_questions]
+  n = config.tgo.num_questions
+  qs = train_q[:n] if n > 0 else train_q
   rc = prepare.rollout_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(teacher.graphdef, teacher.params,
@@ -134,6 +146,9 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
   full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
   stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
            **B.rollout_metrics(trajs, full["score"])}
+  if all(q.get("hops") for q in qs):  # synthetic questions: which correct answers were read
+    texts = [tok.decode([i for i, m in zip(t.response_ids, t.loss_mask) if m]) for t in trajs]
+    stats["restated_gold_facts"] = probe.restated_gold_facts(texts, qs, full["score"])
   _log(f"[tgo] {stats}")
   # One rollout serves both variants: every trajectory, and the correct ones.
   for variant, keep in (("all", np.ones(len(qs), bool)), ("correct", full["score"] > 0)):
@@ -142,12 +157,12 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
     arr = {k: v[keep] for k, v in full.items()}
     used = int(arr["mask"].sum(1).max())
     arr = {k: v[:, :B.width_bucket(used + 1)] if v.ndim == 2 else v for k, v in arr.items()}
-    f = os.path.join(workdir, "tgo", f"tgo_{variant}.npz")
+    f = os.path.join(tgo_dir, f"tgo_{variant}.npz")
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(f), exist_ok=True)
       np.savez(f + ".tmp.npz", **arr)
       os.replace(f + ".tmp.npz", f)
-  _write_json(os.path.join(workdir, "tgo", "stats.json"), stats)
+  _write_json(os.path.join(tgo_dir, "stats.json"), stats)
   if not keep_all and stats["correct"] == 0:
     fail(f"TGO: the teacher answered none of {len(qs)} training questions correctly; there is "
          f"nothing to distill. Train the teacher further (prep.sft_steps) or set "
@@ -292,7 +307,8 @@ def run(config, workdir):
     elif kind == "kd":
       # Named by what determines it, so methods that share a KD stage (dgpo, kd, the
       # ablations after KD) share its checkpoint within a workdir.
-      name = f"kd-{opt['loss']}-lam{opt['lam']:g}-{'all' if keep_all else 'correct'}"
+      name = (f"kd-{opt['loss']}-lam{opt['lam']:g}-{'all' if keep_all else 'correct'}-"
+              f"{tgo_key(config)}")
       if "rl" in names:
         name += f"-after-{names['rl']}"
       names["kd"] = name
@@ -333,6 +349,9 @@ def run(config, workdir):
     else:
       summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q)
       row = dict(summary, samples=report.sample_trajectories(trajs, test_q, tok))
+      # Per question, in test order: paired comparisons between methods (eval.stats).
+      row["em_per_question"] = [exact_match(t.answer, q["golden_answers"])
+                                for t, q in zip(trajs, test_q)]
       row["arcap"] = arcap.query_and_source(test_q, trajs, tok)
       if config.eval.arcap_thinking:
         if passages is None:

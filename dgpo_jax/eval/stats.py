@@ -1,0 +1,63 @@
+"""Confidence intervals for EM comparisons: paired differences bootstrapped over seeds and
+questions, and a verdict against the direction a claim predicts."""
+
+import numpy as np
+
+
+def paired_diff_ci(a_sq, b_sq, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+  """Mean of a − b and its bootstrap interval.
+
+  Args:
+    a_sq, b_sq: per-question scores [S, Q] (S seeds, Q questions, the same questions in the
+      same order for both), or [Q].
+  Each bootstrap draw resamples seeds, then questions within the draw (a two-level
+  bootstrap), keeping the pairing of a and b.
+
+  Returns:
+    (mean difference, low, high).
+  """
+  a, b = np.atleast_2d(np.asarray(a_sq, np.float64)), np.atleast_2d(np.asarray(b_sq, np.float64))
+  if a.shape != b.shape:
+    raise ValueError(f"paired_diff_ci: shapes {a.shape} and {b.shape} differ (the same "
+                     f"questions and seeds are needed on both sides)")
+  d = a - b
+  s, q = d.shape
+  rng = np.random.default_rng(seed)
+  si = rng.integers(s, size=(n_boot, s))
+  qi = rng.integers(q, size=(n_boot, q))
+  draws = d[si[:, :, None], qi[:, None, :]].mean(axis=(1, 2))
+  lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+  return float(d.mean()), float(lo), float(hi)
+
+
+def mean_diff_ci(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+  """Mean of a minus mean of b for two independent samples, with a bootstrap interval."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if not len(a) or not len(b):
+    raise ValueError("mean_diff_ci: both samples need at least one value")
+  rng = np.random.default_rng(seed)
+  draws = (a[rng.integers(len(a), size=(n_boot, len(a)))].mean(1)
+           - b[rng.integers(len(b), size=(n_boot, len(b)))].mean(1))
+  lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+  return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def verdict(lo: float, hi: float, predicted_sign: int = 1) -> str:
+  """'reproduced' when the interval excludes 0 on the predicted side, 'contradicted' when it
+  excludes 0 on the other, else 'inconclusive'."""
+  if lo <= 0 <= hi:
+    return "inconclusive"
+  return "reproduced" if (lo > 0) == (predicted_sign > 0) else "contradicted"
+
+
+def first_last_change(values, frac: float = 0.1, **kw):
+  """Mean of the last `frac` of a series minus the mean of its first `frac` (at least one
+  value each), with `mean_diff_ci`'s interval: e.g. the training-rollout EM of every RL
+  step, so a stage that moved the policy shows an interval that excludes 0."""
+  v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    raise ValueError(f"first_last_change: a series of {len(v)} values has no first and last part")
+  k = max(1, int(round(len(v) * frac)))
+  d, lo, hi = mean_diff_ci(v[-k:], v[:k], **kw)
+  return {"first": float(v[:k].mean()), "last": float(v[-k:].mean()), "change": d,
+          "ci95": [lo, hi], "n_each": k}
