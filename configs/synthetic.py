@@ -4,12 +4,14 @@ Stage "train": `prepare` generates the world (760 entities, FlashRAG-format corp
 question files with single-hop / bridge / comparison / three-hop families over disjoint
 entities, plus reading and copy drills), trains a SentencePiece tokenizer, builds a BM25
 index, LM-pretrains a teacher (0.95M params) and a student (0.16M), SFTs the teacher on
-oracle demonstrations with real retrieval observations; then TGO (the teacher's correct
-trajectories) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of the base
-student, the teacher, the KD student and the DGPO student → results.json, report.md.
+oracle demonstrations with real retrieval observations, and probes both base models' copy
+and reading skills; then TGO (the teacher's correct trajectories on the whole training
+split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of the base student,
+the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # 13 min on 2 CPU cores (alone on the machine); docs/synthetic.md
+      # 13 min on 2 CPU cores with TGO on 600 questions; not re-timed with the whole
+      # training split (docs/synthetic.md)
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
