@@ -26,6 +26,12 @@ needs_smollm2 = pytest.mark.skipif(
 needs_shared = pytest.mark.skipif(not os.path.isfile(WIKI), reason="../shared/data not present")
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: starts a whole `main` run (a subprocess or the shared smoke run); "
+      "`python -m pytest -q -m 'not slow' tests` is the fast subset")
+
+
 @pytest.fixture
 def tiny_model():
   from flax import nnx

@@ -78,6 +78,7 @@ def _cli(module, *args):
                         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
 
 
+@pytest.mark.slow
 def test_evaluate_and_export_the_smoke_run(smoke_run, tmp_path):
   from configs import synthetic
   from dgpo_jax.pipeline import evaluate_stage

@@ -22,6 +22,7 @@ LM_SMOKE = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.
 _main = run_main
 
 
+@pytest.mark.slow
 @needs_shared
 def test_smoke_run_and_resume(tmp_path):
   a = _main(tmp_path / "a", *LM_SMOKE, "--config.train.ckpt_every=6")
@@ -44,6 +45,7 @@ def test_smoke_run_and_resume(tmp_path):
   assert res_a == res_b
 
 
+@pytest.mark.slow
 def test_synthetic_smoke_train_end_to_end(smoke_run):
   """prepare → TGO → KD → DGPO → test evaluation → results.json and report.md; `ask` talks
   to the trained student."""

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, copy_prepared, needs_shared
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
@@ -41,6 +43,7 @@ def _wait(procs, timeout=500):
   return out
 
 
+@pytest.mark.slow
 @needs_shared
 def test_two_processes_match_one(tmp_path):
   port = _port()
@@ -69,6 +72,7 @@ def test_processes_with_different_configs_are_refused(tmp_path):
   assert all("disagree on the config" in se for _, _, se in res)
 
 
+@pytest.mark.slow
 def test_two_processes_roll_out_their_own_share(tmp_path):
   """`run_sharded`: each process rolls out (and retrieves for) only its share of the rows,
   and every process gets back the same trajectories, in order, as one process would."""
@@ -94,6 +98,7 @@ def test_two_processes_roll_out_their_own_share(tmp_path):
   assert one["trajectories"][4]["doc_ids"] == [["query 4-0", "query 4-1", "query 4-2"]]
 
 
+@pytest.mark.slow
 def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
   """The smoke DGPO run (KD, on-policy RL with rollouts, evaluations) on 2 processes × 1
   device, from the shared smoke run's preparation and TGO: KD losses and the greedy test

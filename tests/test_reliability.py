@@ -60,6 +60,7 @@ def _all_complete_checkpoints_readable(workdir):
     ck.close()
 
 
+@pytest.mark.slow
 @needs_shared
 def test_sigkill_during_kd_and_ppo_then_identical_results(smoke_run, tmp_path):
   """SIGKILL at random points of KD (twice) and PPO, then a corrupted newest checkpoint:

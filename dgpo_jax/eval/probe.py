@@ -13,6 +13,7 @@ were never in the pretraining text), as teacher-forced greedy next-token accurac
 Each item is (token ids, score mask); `accuracy` runs one forward per batch.
 """
 
+import functools
 import json
 import os
 
@@ -78,14 +79,16 @@ def items(world_dir: str, tok, n: int = 100, seed: int = 0) -> dict:
   return {"copy": copy, "reading": reading}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(graphdef, params, tokens_bt, valid_bt):
+  """Greedy next-token ids; jitted once per (model, shape), not once per `accuracy` call."""
+  logits_btv, _ = nnx.merge(graphdef, params)(tokens_bt, valid_bt=valid_bt)
+  return jnp.argmax(logits_btv, axis=-1)
+
+
 def accuracy(graphdef, params, probe_items: dict, pad_id: int, batch_size: int = 32) -> dict:
   """Greedy next-token accuracy on the scored tokens, per probe, plus `<probe>_exact` (the
   share of items whose every scored token is right)."""
-
-  @jax.jit
-  def predict(params, tokens_bt, valid_bt):
-    logits, _ = nnx.merge(graphdef, params)(tokens_bt, valid_bt=valid_bt)
-    return jnp.argmax(logits, axis=-1)
 
   out = {}
   for name, rows in probe_items.items():
@@ -100,7 +103,7 @@ def accuracy(graphdef, params, probe_items: dict, pad_id: int, batch_size: int =
       mask = np.zeros_like(tokens)
       for i, (r, m) in enumerate(chunk):
         tokens[i, :len(r)], valid[i, :len(r)], mask[i, :len(m)] = r, 1, m
-      pred = np.asarray(predict(params, tokens, valid))
+      pred = np.asarray(_predict(graphdef, params, tokens, valid))
       # Position t predicts token t + 1: a scored token at t + 1 is right when pred[t] is it.
       ok = (pred[:, :-1] == tokens[:, 1:]) | (mask[:, 1:] == 0)
       scored = mask[:, 1:] == 1
