@@ -28,7 +28,7 @@ needs_shared = pytest.mark.skipif(not os.path.isfile(WIKI), reason="../shared/da
 
 def pytest_configure(config):
   config.addinivalue_line(
-      "markers", "slow: starts a whole `main` run (a subprocess or the shared smoke run); "
+      "markers", "slow: starts processes of its own (`main`, 2-process runs) or uses the shared smoke run; "
       "`python -m pytest -q -m 'not slow' tests` is the fast subset")
 
 
