@@ -135,15 +135,22 @@ def base() -> ml_collections.ConfigDict:
   c.ppo.critic_lr = 1e-5
   c.ppo.critic_warmup_ratio = 0.015
   c.ppo.grad_clip = 1.0
+  # The reference's optimizer (veRL's dp_actor/critic): AdamW β = (0.9, 0.999), weight decay
+  # 0.01, linear warmup then a constant rate, its scheduler stepped once per PPO step.
+  c.ppo.lr_schedule = "constant"  # constant | cosine (to 10% at ppo.steps)
+  c.ppo.b2 = 0.999
+  c.ppo.weight_decay = 0.01
   c.ppo.clip = 0.2
   c.ppo.vf_clip = 0.5
   c.ppo.ent_coef = 0.001
   c.ppo.gamma = 1.0
   c.ppo.lam = 1.0
   c.ppo.beta = 0.001
-  c.ppo.kl_estimator = "k1"  # k1 (reference code) | k3 | full
+  # k1 (the reference's "kl") | k3 | full | low_var_kl (k3 clamped to ±10) | rkl | low_var_rkl
+  c.ppo.kl_estimator = "k1"
   c.ppo.kl_rows = "wrong"  # DGPO's selective KL; the plan overrides it for baselines
   c.ppo.advantage = "gae"
+  c.ppo.grpo_std = "unbiased"  # the reference's torch.std; "population" divides by n
   c.ppo.temperature = 1.0
   c.ppo.top_p = 1.0
   c.ppo.val_every = 200

@@ -38,11 +38,24 @@ class Model:
   shardings: dict
 
 
+def optimizers(p, updates_per_step: int):
+  """(actor, critic) optimizers from the `ppo` config block: AdamW with `p.b2` and
+  `p.weight_decay` on `p.lr_schedule`, warmed up over `p.*_warmup_ratio` of `p.steps` RL steps,
+  the schedule advancing once per RL step (`updates_per_step` optimizer updates)."""
+  make = lambda lr, ratio: lm.make_optimizer(lr, p.steps, int(ratio * p.steps), p.weight_decay,
+                                             p.grad_clip, p.b2, p.lr_schedule, updates_per_step)
+  try:
+    return make(p.actor_lr, p.actor_warmup_ratio), make(p.critic_lr, p.critic_warmup_ratio)
+  except ValueError as e:
+    fail(f"config ppo.lr_schedule: {e}")
+
+
 def ppo_config(c, **over) -> ppo.PPOConfig:
   p = c.ppo
   kw = dict(clip=p.clip, vf_clip=p.vf_clip, ent_coef=p.ent_coef, gamma=p.gamma, lam=p.lam,
             beta=p.beta, kl_estimator=p.kl_estimator, kl_rows=p.kl_rows,
-            advantage=p.advantage, micro_batches=p.micro_batches, impl=c.kernel.impl,
+            advantage=p.advantage, grpo_std=p.grpo_std, micro_batches=p.micro_batches,
+            impl=c.kernel.impl,
             chunk=c.kernel.chunk, block=c.kernel.block)
   kw.update(over)
   return ppo.PPOConfig(**kw)
@@ -94,10 +107,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
   if rows % c.mini_batch or c.mini_batch % pc.micro_batches:
     fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
          f"({c.mini_batch}), and mini_batch into micro_batches ({pc.micro_batches})")
-  tx_a = lm.make_optimizer(c.actor_lr, steps, int(c.actor_warmup_ratio * steps), 0.0,
-                           c.grad_clip)
-  tx_c = lm.make_optimizer(c.critic_lr, steps, int(c.critic_warmup_ratio * steps), 0.0,
-                           c.grad_clip)
+  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else c.epochs * (rows // c.mini_batch))
   critic = make_critic(student, mesh, rules, config.seed) if (
       mode == "ppo" and pc.use_critic) else None
   if mode == "gkd":

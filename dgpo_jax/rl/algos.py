@@ -30,7 +30,27 @@ def kl_full(logp, logp_other, full_kl):
   return full_kl
 
 
-KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3, "full": kl_full}
+def kl_low_var(logp, logp_other, full_kl):
+  """veRL's `low_var_kl`: k3 clamped to [−10, 10] (the clamp bounds a rare huge ratio)."""
+  return jnp.clip(kl_k3(logp, logp_other, full_kl), -10.0, 10.0)
+
+
+def kl_rk1(logp, logp_other, full_kl):
+  """veRL's `rkl`: log π_other(y) − log π_θ(y), the sampled estimate of the reverse KL."""
+  del full_kl
+  return logp_other - logp
+
+
+def kl_low_var_rkl(logp, logp_other, full_kl):
+  """veRL's `low_var_rkl`: r − 1 − log r with r = π_θ/π_other, clamped to [−10, 10]."""
+  del full_kl
+  log_r = logp - logp_other
+  return jnp.clip(jnp.exp(log_r) - 1.0 - log_r, -10.0, 10.0)
+
+
+# Keys: ours (k1, k3, full) and the reference's names for the rest.
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3, "full": kl_full, "low_var_kl": kl_low_var,
+                 "rkl": kl_rk1, "low_var_rkl": kl_low_var_rkl}
 
 # ---------------------------------------------------------------- reward shapers
 
@@ -81,15 +101,22 @@ def gae(rewards_bt, values_bt, mask_bt, gamma=1.0, lam=1.0):
   return adv, (adv + values_bt) * mask_bt
 
 
-def grpo_advantages(score_b, group_b, mask_bt, num_groups, eps=1e-6):
+def grpo_advantages(score_b, group_b, mask_bt, num_groups, eps=1e-6, unbiased=True):
   """GRPO: each row's outcome score normalized within its group (same question), broadcast
-  to its generated tokens. group_b: int group id per row in [0, num_groups)."""
+  to its generated tokens. group_b: int group id per row in [0, num_groups).
+
+  unbiased: the group's std with Bessel's correction (n − 1), as the reference
+  (`torch.std`); False divides by n. A group of one row keeps its score (mean 0, std 1, as
+  the reference), since its std is undefined.
+  """
   ones = jnp.ones_like(score_b)
   n = jax.ops.segment_sum(ones, group_b, num_groups)
   mean = jax.ops.segment_sum(score_b, group_b, num_groups) / jnp.maximum(n, 1)
-  var = jax.ops.segment_sum((score_b - mean[group_b]) ** 2, group_b, num_groups) / jnp.maximum(
-      n, 1)
-  adv = (score_b - mean[group_b]) / (jnp.sqrt(var[group_b]) + eps)
+  ss = jax.ops.segment_sum((score_b - mean[group_b]) ** 2, group_b, num_groups)
+  var = ss / jnp.maximum(n - 1 if unbiased else n, 1)
+  single = n[group_b] < 2
+  adv = jnp.where(single, score_b / (1.0 + eps),
+                  (score_b - mean[group_b]) / (jnp.sqrt(var[group_b]) + eps))
   return adv[:, None] * mask_bt
 
 

@@ -35,9 +35,10 @@ class PPOConfig:
   gamma: float = 1.0
   lam: float = 1.0
   beta: float = 0.001
-  kl_estimator: str = "k1"  # k1 | k3 | full
+  kl_estimator: str = "k1"  # algos.KL_ESTIMATORS: k1 | k3 | full | low_var_kl | rkl | low_var_rkl
   kl_rows: str = "wrong"  # wrong (selective, DGPO) | all (uniform / PPO's ref KL) | none
   advantage: str = "gae"  # gae (critic) | grpo (group-normalized, no critic)
+  grpo_std: str = "unbiased"  # GRPO's group std: unbiased (n − 1, the reference) | population
   whiten: bool = True
   micro_batches: int = 1
   impl: str = "jnp"  # fused_kl implementation
@@ -52,6 +53,8 @@ class PPOConfig:
       raise ValueError(f"ppo.kl_rows={self.kl_rows!r}: expected wrong, all or none")
     if self.advantage not in ("gae", "grpo"):
       raise ValueError(f"ppo.advantage={self.advantage!r}: expected gae or grpo")
+    if self.grpo_std not in ("unbiased", "population"):
+      raise ValueError(f"ppo.grpo_std={self.grpo_std!r}: expected unbiased or population")
 
   @property
   def use_critic(self) -> bool:
@@ -92,7 +95,8 @@ def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: i
         adv = algos.whiten(adv, gen)
     else:
       values = jnp.zeros_like(gen)
-      adv = algos.grpo_advantages(batch["score"], batch["group"], gen, num_groups)
+      adv = algos.grpo_advantages(batch["score"], batch["group"], gen, num_groups,
+                                  unbiased=cfg.grpo_std == "unbiased")
       # No value baseline for the KL part: it enters as a per-token penalty-to-go.
       pen = (rewards - batch["score"][:, None] * last) * gen
       adv = adv + jnp.flip(jnp.cumsum(jnp.flip(pen, 1), 1), 1) * gen

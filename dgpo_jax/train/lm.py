@@ -14,12 +14,38 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
+SCHEDULES = ("cosine", "constant")
+
+
+def lr_schedule(lr: float, steps: int, warmup_steps: int = 0, kind: str = "cosine",
+                updates_per_step: int = 1) -> optax.Schedule:
+  """The learning rate as a function of the optimizer's update count.
+
+  kind "cosine": linear warmup from 0, then cosine decay to 10% at `steps`. kind "constant":
+  linear warmup from 0 (rate · s / warmup at step s), then the peak rate held (veRL's
+  `get_constant_schedule_with_warmup`, the reference's PPO schedule; no warmup = the peak from
+  step 0). With `updates_per_step` > 1 (PPO: mini-batches × epochs per RL step) the schedule
+  advances once per RL step, as the reference steps its schedulers, not once per update.
+  """
+  if kind == "constant":
+    sched = (optax.constant_schedule(lr) if warmup_steps <= 0 else
+             optax.linear_schedule(0.0, lr, warmup_steps))
+  elif kind == "cosine":
+    warmup_steps = max(warmup_steps, 1)
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps,
+                                               max(steps, warmup_steps + 1), end_value=0.1 * lr)
+  else:
+    raise ValueError(f"lr schedule {kind!r} is not one of {SCHEDULES}")
+  if updates_per_step <= 1:
+    return sched
+  return lambda count: sched(count // updates_per_step)
+
+
 def make_optimizer(lr: float, steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
-                   grad_clip: float = 1.0, b2: float = 0.95) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay to 10%, after global-norm clipping."""
-  warmup_steps = max(warmup_steps, 1)
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps,
-                                             max(steps, warmup_steps + 1), end_value=0.1 * lr)
+                   grad_clip: float = 1.0, b2: float = 0.95, schedule: str = "cosine",
+                   updates_per_step: int = 1) -> optax.GradientTransformation:
+  """AdamW (β1 0.9) on `lr_schedule(...)`, after global-norm clipping."""
+  sched = lr_schedule(lr, steps, warmup_steps, schedule, updates_per_step)
   return optax.chain(optax.clip_by_global_norm(grad_clip),
                      optax.adamw(sched, b1=0.9, b2=b2, weight_decay=weight_decay))
 
