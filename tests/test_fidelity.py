@@ -9,14 +9,16 @@ import pytest
 
 from configs import qwen05b
 from dgpo_jax.pipeline import rl_stage
+from dgpo_jax.retrieval.retriever import Doc
 from dgpo_jax.rl import algos
+from dgpo_jax.rollout import text as T
 from dgpo_jax.train import lm
 
 
 def _reference_constant_with_warmup(step, warmup):
-  """transformers' get_constant_schedule_with_warmup, the multiplier veRL's actor and critic
-  use: step / max(1, warmup) during warmup, then 1."""
-  return step / max(1.0, warmup) if step < warmup else 1.0
+  """The multiplier of the reference's get_constant_schedule_with_warmup
+  (verl/utils/torch_functional.py), which its actor and critic use."""
+  return min(1.0, step / max(1.0, warmup))
 
 
 def _lr_per_update(tx, n_updates):
@@ -68,10 +70,11 @@ def test_paper_config_adamw_matches_torch_adamw_update():
   for t, g in enumerate(grads, start=1):
     up, opt = tx.update(jnp.asarray(g), opt, w)
     w = w + up
-    ref_w = ref_w * (1 - 1e-3 * 0.01)  # torch: decoupled decay first, then the Adam step
+    lr = 1e-3 * min(1.0, (t - 1) / 1.0)  # its LambdaLR: step 0 at rate 0, even with no warmup
+    ref_w = ref_w * (1 - lr * 0.01)  # torch: decoupled decay first, then the Adam step
     m = 0.9 * m + 0.1 * g
     v = 0.999 * v + 0.001 * g * g
-    ref_w = ref_w - 1e-3 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    ref_w = ref_w - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
   np.testing.assert_allclose(np.asarray(w), ref_w, rtol=1e-6)
 
 
@@ -130,3 +133,138 @@ def test_grpo_advantages_use_the_reference_unbiased_std():
   pop = np.asarray(algos.grpo_advantages(jnp.asarray(score), jnp.asarray(group),
                                          jnp.ones((11, 1)), 3, unbiased=False)[:, 0])
   np.testing.assert_allclose(pop[:10] / got[:10], np.sqrt(5 / 4), rtol=1e-4)
+
+
+class _CharTok:
+  """Character-level ids (id = code point): token ids that keep every byte of the text."""
+  eos_ids, pad_id = (0,), 0
+
+  def encode(self, s):
+    return [ord(c) for c in s]
+
+  def decode(self, ids):
+    return "".join(map(chr, ids))
+
+
+def test_observation_token_ids_are_the_reference_string():
+  """The reference's observation (search_r1/llm_agent/generation.py): "\\n\\n<information>" +
+  the passages string `Doc i(Title: t) text\\n`… stripped + "</information>\\n\\n"."""
+  from dgpo_jax.retrieval.retriever import Doc
+  from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
+  docs = [Doc("1", '"Paris"', "Paris is the capital of France.", 1.0),
+          Doc("2", '"Seine"', "The Seine is a river.", 0.5)]
+  passages = "".join(f"Doc {i + 1}(Title: {d.title}) {d.text}\n" for i, d in enumerate(docs))
+  reference = "\n\n<information>" + passages.strip() + "</information>\n\n"
+  eng = RolloutEngine(None, _CharTok(), None, RolloutConfig(max_obs_tokens=500))
+  assert eng.observation_ids(docs) == [ord(c) for c in reference]
+
+
+def _reference_turn(resp: str):
+  """The reference's handling of one raw turn (search_r1/llm_agent/generation.py): the text
+  (special tokens skipped) is cut after the first `</search>`, else after `</answer>`; the
+  action is the first `<(search|answer)>(.*?)</\\1>` match; None = invalid."""
+  import re
+  resp = (resp.split("</search>")[0] + "</search>" if "</search>" in resp else
+          resp.split("</answer>")[0] + "</answer>" if "</answer>" in resp else resp)
+  m = re.search(r"<(search|answer)>(.*?)</\1>", resp, re.DOTALL)
+  return resp, (m.group(1), m.group(2).strip()) if m else (None, "")
+
+
+@pytest.fixture(scope="module")
+def spm_tok(tmp_path_factory):
+  from dgpo_jax.models.tokenizer import SentencePieceTokenizer
+  from tests.test_rollout import train_tokenizer
+  return SentencePieceTokenizer(train_tokenizer(tmp_path_factory.mktemp("spm")),
+                                chat_format="plain")
+
+
+def test_raw_turns_stop_and_parse_as_the_reference(spm_tok):
+  """EOS without an action (the row goes on, the EOS is not kept), a search in the last turn
+  (cut at </search>, no answer), nested and stray tags."""
+  from tests.test_rollout import _engine
+  tok = spm_tok
+  scripts = {
+      0: ["<think> let me think </think><EOS>", "<answer> paris </answer>"],
+      1: ["<search> seine </search>",
+          "<search> more </search><information> made up </information><answer> x </answer>"],
+      2: ["<answer> the <search> seine </search> river </answer>"],
+      3: ["<search> a </answer> b </search>", "<answer> c </answer>"],
+  }
+  eng, _ = _engine(tok, scripts, max_turns=1)
+  a, b, c, d = eng.run(["q0", "q1", "q2", "q3"], jax.random.key(0))
+  # Row 0: the reference sees no action → invalid message, next turn answers.
+  assert _reference_turn("<think> let me think </think>")[1][0] is None
+  assert a.answer == "paris" and a.flags["eos_without_action"] == 1
+  assert a.flags["invalid_action"] == 1 and not set(tok.eos_ids) & set(a.response_ids)
+  # Row 1: the last turn is cut at </search>; a search there is no answer (score 0).
+  kept, (action, _) = _reference_turn(scripts[1][1])
+  assert action == "search" and kept.endswith("</search>")
+  last = b.turns[-1]
+  assert tok.decode(b.response_ids[last["start"]:last["end"]]).replace(" ", "") == \
+      kept.replace(" ", "")
+  assert b.answer is None and b.flags["no_answer"] == 1 and b.num_searches == 1
+  # Row 2: a search nested in an answer resolves to the same action as the reference.
+  _, (action, payload) = _reference_turn(scripts[2][0])
+  assert action == "search" and c.turns[0]["action"] == "search" and c.queries[0] == payload
+  # Row 3, a deliberate deviation (docs/fidelity.md): the reference decodes past a stray
+  # </answer> and searches "a </answer> b"; ours stops at the first closing tag, a turn
+  # that is then invalid.
+  assert _reference_turn(scripts[3][0])[1] == ("search", "a </answer> b")
+  assert d.turns[0]["action"] == "invalid" and d.answer == "c"
+
+
+def _reference_em(solution_str, golden):
+  """The reference's compute_score_em (verl/utils/reward_score/qa_em.py) on prompt +
+  response: the last of ≥ 2 `<answer>(.*?)</answer>` matches, normalized EM."""
+  import re
+  from dgpo_jax.eval.metrics import normalize_answer
+  matches = list(re.finditer(r"<answer>(.*?)</answer>", solution_str, re.DOTALL))
+  if len(matches) <= 1:
+    return 0.0
+  pred = normalize_answer(matches[-1].group(1).strip())
+  return float(any(normalize_answer(g) == pred for g in golden))
+
+
+def test_reference_em_quirks_stay_out(spm_tok):
+  """Two reference bugs ours does not have: EM read from prompt + response counts the
+  prompt's example `<answer> Beijing </answer>` for a response with no answer, and an
+  `<answer>` tag inside a retrieved document counts as the model's answer."""
+  from dgpo_jax.rl import batch as B
+  from tests.test_rollout import FakeRetriever, _engine
+  tok = spm_tok
+  planted = Doc("d", '"x"', "the answer is <answer> Paris </answer>", 1.0)
+
+  class Planting(FakeRetriever):
+    def retrieve(self, queries, topk=3):
+      return [[planted] for _ in queries]
+
+  scripts = {0: ["<think> no idea </think>"],  # never answers
+             1: ["<search> capital </search>", "<think> hmm </think>"]}
+  eng, _ = _engine(tok, scripts, retriever=Planting(), max_turns=1)
+  trajs = eng.run(["what is the capital of china", "what is the capital of france"],
+                  jax.random.key(0))
+  golden = [["Beijing"], ["Paris"]]
+  arr = B.from_trajectories(trajs, golden, tok.pad_id, width=1024)
+  assert list(arr["score"]) == [0.0, 0.0]
+  # The same texts scored by the reference's logic: 1.0 each.
+  prompt0 = T.user_message("what is the capital of china")
+  assert _reference_em(prompt0 + "<think> no idea </think>", ["Beijing"]) == 1.0
+  raw_obs = "\n\n<information>Doc 1(Title: \"x\") " + planted.text + "</information>\n\n"
+  prompt1 = T.user_message("what is the capital of france")
+  assert _reference_em(prompt1 + "<search> capital </search>" + raw_obs + "<think> hmm </think>",
+                       ["Paris"]) == 1.0
+
+
+def test_observation_cap_keeps_the_closing_tag():
+  """The reference cuts an observation at 500 tokens, closing tag included (a quarter of
+  3-passage wiki-18 observations lose it); ours cuts the passages, never the tag."""
+  from dgpo_jax.retrieval.retriever import Doc as D
+  from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
+  eng = RolloutEngine(None, _CharTok(), None, RolloutConfig(max_obs_tokens=120))
+  ids = eng.observation_ids([D(str(i), f'"t{i}"', "word " * 200, 1.0) for i in range(3)])
+  text = _CharTok().decode(ids)
+  assert len(ids) == 120 and text.endswith("</information>\n\n")
+  reference = ("\n\n<information>" + "".join(
+      f'Doc {i + 1}(Title: "t{i}") ' + "word " * 200 + "\n" for i in range(3)).strip() +
+               "</information>\n\n")[:120]
+  assert "</information>" not in reference

@@ -62,7 +62,9 @@ class ScriptedSampler(Sampler):
       script = self.scripts[orig]
       text = script[min(self.turn[orig], len(script) - 1)]
       self.turn[orig] += 1
-      ids = self.tok.encode(text)[:max_new_tokens]
+      eos = text.endswith("<EOS>")  # the script ends the turn with the EOS token
+      ids = (self.tok.encode(text[:-5] if eos else text) + ([self.tok.eos_ids[0]] if eos
+                                                             else []))[:max_new_tokens]
       chunks.append(ids)
       toks[r, :len(ids)] = ids
       n[r] = len(ids)

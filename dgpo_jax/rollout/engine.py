@@ -6,9 +6,11 @@ sampled ids (known tokenizations of the tags stop the decode in-jit; a host chec
 turn's ids catches any other tokenization and rolls the cache back to the tag's last token).
 Sampled ids are kept as they are; nothing the model produced is re-tokenized. Rows that
 searched get their query retrieved (batched across rows) and the observation appended to
-their cache; rows that answered stop; invalid turns get the reference's fixed message. After
-`max_turns` turns the remaining rows get one final turn without search. Finished rows are
-compacted out of the batch, so they cost no compute.
+their cache; rows that answered stop; invalid turns (an EOS without an action included, its
+EOS dropped) get the reference's fixed message. After `max_turns` turns the remaining rows
+get one final turn without search: it still stops at `</search>`, and a search there ends the
+row unanswered, as in the reference. Finished rows are compacted out of the batch, so they
+cost no compute.
 """
 
 import dataclasses
@@ -82,7 +84,6 @@ class RolloutEngine:
     self.answer_stops = tag_token_seqs(tokenizer, "</answer>")
     self.search_stops = tag_token_seqs(tokenizer, "</search>")
     self.stops_with_search = self.answer_stops + self.search_stops + eos
-    self.stops_final = self.answer_stops + eos
     self.eos = set(tokenizer.eos_ids)
 
   def cache_needed(self, longest_prompt: int) -> int:
@@ -120,12 +121,13 @@ class RolloutEngine:
     return self.tok.encode(self.tok.apply_chat(T.user_message(question)))
 
   def observation_ids(self, docs) -> list:
-    """`\\n\\n<information>…</information>\\n\\n` ≤ max_obs_tokens; the documents are cut,
-    never the closing tag, so a long passage cannot leave the block open."""
+    """`\\n\\n<information>…</information>\\n\\n` ≤ max_obs_tokens, the documents' text
+    stripped as the reference strips it (no newline before the closing tag); the documents
+    are cut, never the closing tag, so a long passage cannot leave the block open."""
     safe = [dataclasses.replace(d, title=T.neutralize(d.title, 300),
                                 text=T.neutralize(d.text, self.cfg.max_doc_chars)) for d in docs]
     head, tail = self.tok.encode(T.INFO_OPEN), self.tok.encode(T.INFO_CLOSE)
-    body = self.tok.encode(format_information(safe))
+    body = self.tok.encode(format_information(safe).strip())
     room = max(0, self.cfg.max_obs_tokens - len(head) - len(tail))
     return head + body[:room] + tail
 
@@ -160,16 +162,23 @@ class RolloutEngine:
       if not live:
         break
       sub, idx = s.take_rows(st, live)
+      # The last turn stops at </search> too (a search there ends the row unanswered, as
+      # the reference cuts it), so text after the tag is never kept, scored or trained on.
       sub, res = s.decode(sub, cfg.max_turn_tokens, jax.random.fold_in(rng, turn), sp,
-                          self.stops_final if final else self.stops_with_search,
-                          active=np.arange(len(idx)) < len(live))
+                          self.stops_with_search, active=np.arange(len(idx)) < len(live))
       lengths = np.asarray(sub.lengths).copy()
       obs_rows, obs_chunks, queries = [], [], []
       for r, i in enumerate(live):
         t = trajs[i]
         ids = res.tokens[r, :res.num_tokens[r]].tolist()
         lps = res.logprobs[r, :res.num_tokens[r]].tolist()
-        ids, lps, cut = self._cut_at_tag(ids, lps, final)
+        ids, lps, cut = self._cut_at_tag(ids, lps)
+        if not final and ids and ids[-1] in self.eos and not self._has_action(ids):
+          # EOS without an action before the last turn: the reference strips the EOS and
+          # answers with the invalid-action message, so the row goes on (and the EOS is not
+          # trained on).
+          ids, lps, cut = ids[:-1], lps[:-1], cut + 1
+          t.flag("eos_without_action")
         lengths[r] -= cut
         start = len(t.response_ids)
         t.response_ids += ids
@@ -224,10 +233,13 @@ class RolloutEngine:
       t.done = True
     return trajs
 
-  def _cut_at_tag(self, ids, lps, final):
+  def _has_action(self, ids) -> bool:
+    return T.classify_turn(self.tok.decode(ids), search_allowed=True)[0] != "invalid"
+
+  def _cut_at_tag(self, ids, lps):
     """Cuts a turn after the first closing tag found in its decoded text (the host-side
     check for tag tokenizations the in-jit stop list missed). Returns (ids, lps, n_cut)."""
-    tags = ("</answer>",) if final else ("</answer>", "</search>")
+    tags = ("</answer>", "</search>")
     text = self.tok.decode(ids)
     first = min((text.find(g) + len(g) for g in tags if g in text), default=-1)
     if first < 0 or first == len(text):

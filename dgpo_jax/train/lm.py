@@ -22,14 +22,13 @@ def lr_schedule(lr: float, steps: int, warmup_steps: int = 0, kind: str = "cosin
   """The learning rate as a function of the optimizer's update count.
 
   kind "cosine": linear warmup from 0, then cosine decay to 10% at `steps`. kind "constant":
-  linear warmup from 0 (rate · s / warmup at step s), then the peak rate held (veRL's
-  `get_constant_schedule_with_warmup`, the reference's PPO schedule; no warmup = the peak from
-  step 0). With `updates_per_step` > 1 (PPO: mini-batches × epochs per RL step) the schedule
-  advances once per RL step, as the reference steps its schedulers, not once per update.
+  rate · min(1, s / max(1, warmup)) at step s, the reference's PPO schedule (its
+  `get_constant_schedule_with_warmup`; step 0 has rate 0 even without warmup). With
+  `updates_per_step` > 1 (PPO: mini-batches × epochs per RL step) the schedule advances once
+  per RL step, as the reference steps its schedulers, not once per update.
   """
   if kind == "constant":
-    sched = (optax.constant_schedule(lr) if warmup_steps <= 0 else
-             optax.linear_schedule(0.0, lr, warmup_steps))
+    sched = optax.linear_schedule(0.0, lr, max(warmup_steps, 1))
   elif kind == "cosine":
     warmup_steps = max(warmup_steps, 1)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps,
