@@ -150,6 +150,8 @@ def base() -> ml_collections.ConfigDict:
   c.ppo.kl_estimator = "k1"
   c.ppo.kl_rows = "wrong"  # DGPO's selective KL; the plan overrides it for baselines
   c.ppo.advantage = "gae"
+  # The reference's critic head: a fresh token-classification head, N(0, 0.02) with a bias.
+  c.ppo.critic_head_init = "normal"  # normal | zeros
   c.ppo.grpo_std = "unbiased"  # the reference's torch.std; "population" divides by n
   c.ppo.temperature = 1.0
   c.ppo.top_p = 1.0

@@ -268,3 +268,16 @@ def test_observation_cap_keeps_the_closing_tag():
       f'Doc {i + 1}(Title: "t{i}") ' + "word " * 200 + "\n" for i in range(3)).strip() +
                "</information>\n\n")[:120]
   assert "</information>" not in reference
+
+
+def test_paper_critic_head_is_the_reference_token_classification_init():
+  """A fresh HF token-classification head (num_labels 1): weights N(0, 0.02), bias 0."""
+  from flax import nnx
+  from dgpo_jax.models import config as model_config
+  from dgpo_jax.models.decoder import ValueModel
+  assert qwen05b.get_config().ppo.critic_head_init == "normal"
+  cfg = model_config.preset("tiny-llama", d_model=4096, n_layers=1, vocab_size=64)
+  vm = ValueModel(cfg, rngs=nnx.Rngs(0), head_init="normal")
+  w = np.asarray(vm.value_w[...])
+  assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002 and float(vm.value_b[...]) == 0
+  assert not np.asarray(ValueModel(cfg, rngs=nnx.Rngs(0)).value_w[...]).any()  # "zeros"

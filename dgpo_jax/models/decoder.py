@@ -321,9 +321,18 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> Cache:
 class ValueModel(nnx.Module):
   """PPO critic: a decoder trunk with a scalar value head on the final hidden states."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False,
+               head_init: str = "zeros"):
+    """head_init: "zeros" (the first values are 0), or "normal": N(0, 0.02) weights and a
+    zero bias, the init of the reference's fresh token-classification head."""
     self.trunk = Decoder(cfg, rngs=rngs, remat=remat)
-    self.value_w = nnx.Param(jnp.zeros((cfg.d_model,), cfg.jnp_param_dtype), axes=("embed",))
+    if head_init == "normal":
+      w = 0.02 * jax.random.normal(rngs.params(), (cfg.d_model,), jnp.float32)
+    elif head_init == "zeros":
+      w = jnp.zeros((cfg.d_model,), jnp.float32)
+    else:
+      raise ValueError(f"critic head_init {head_init!r}: expected zeros or normal")
+    self.value_w = nnx.Param(w.astype(cfg.jnp_param_dtype), axes=("embed",))
     self.value_b = nnx.Param(jnp.zeros((), jnp.float32), axes=())
 
   def __call__(self, tokens_bt, positions_bt=None, *, valid_bt=None):

@@ -61,10 +61,10 @@ def ppo_config(c, **over) -> ppo.PPOConfig:
   return ppo.PPOConfig(**kw)
 
 
-def make_critic(student: Model, mesh, rules, seed: int) -> Model:
-  """The critic: the student's trunk (copied) and a zero-initialized scalar head."""
+def make_critic(student: Model, mesh, rules, seed: int, head_init: str = "zeros") -> Model:
+  """The critic: the student's trunk (copied) and a scalar head (`ValueModel` head_init)."""
   gd, params, sh = sharding.create_sharded(
-      lambda: ValueModel(student.cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+      lambda: ValueModel(student.cfg, rngs=nnx.Rngs(seed), head_init=head_init), mesh, rules)
   params = dict(params, trunk=jax.tree.map(jnp.copy, student.params))
   return Model(student.cfg, gd, params, sh)
 
@@ -108,7 +108,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
          f"({c.mini_batch}), and mini_batch into micro_batches ({pc.micro_batches})")
   tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else c.epochs * (rows // c.mini_batch))
-  critic = make_critic(student, mesh, rules, config.seed) if (
+  critic = make_critic(student, mesh, rules, config.seed, c.critic_head_init) if (
       mode == "ppo" and pc.use_critic) else None
   if mode == "gkd":
     txs, param_sh = {"policy": tx_a}, {"policy": student.shardings}
