@@ -14,7 +14,6 @@ Each item is (token ids, score mask); `accuracy` runs one forward per batch.
 """
 
 import functools
-import json
 import os
 
 import jax
@@ -22,10 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-def _read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+from dgpo_jax.retrieval.retriever import Doc, format_information
+from dgpo_jax.utils.cli import read_jsonl
 
 
 def _concat(tok, segments):
@@ -47,8 +44,8 @@ def _concat(tok, segments):
 def items(world_dir: str, tok, n: int = 100, seed: int = 0) -> dict:
   """{"copy": [(ids, mask)], "reading": [(ids, mask)]} built from held-out entities."""
   rng = np.random.default_rng(seed + 101)
-  corpus = {r["id"]: r["contents"] for r in _read_jsonl(os.path.join(world_dir, "corpus.jsonl"))}
-  held = [q for s in ("dev", "test") for q in _read_jsonl(os.path.join(world_dir, f"{s}.jsonl"))]
+  corpus = {r["id"]: r["contents"] for r in read_jsonl(os.path.join(world_dir, "corpus.jsonl"))}
+  held = [q for s in ("dev", "test") for q in read_jsonl(os.path.join(world_dir, f"{s}.jsonl"))]
   subjects = sorted({q["gold_ids"][0] for q in held if q.get("gold_ids")})
   title = lambda i: corpus[i].split("\n", 1)[0].strip('"')
   names = [title(i) for i in subjects]
@@ -72,8 +69,8 @@ def items(world_dir: str, tok, n: int = 100, seed: int = 0) -> dict:
       continue
     docs = [gold] + [ids[int(k)] for k in rng.choice(len(ids), size=2, replace=False)]
     docs = [docs[k] for k in rng.permutation(3)]
-    block = "".join(f'Doc {m + 1}(Title: "{title(d)}") {corpus[d].split(chr(10), 1)[1]}\n'
-                    for m, d in enumerate(docs))
+    block = format_information([Doc(d, f'"{title(d)}"', corpus[d].split("\n", 1)[1], 0.0)
+                                for d in docs])
     reading.append(_concat(tok, [(block + fact[:cut].rstrip(), False),
                                  (" " + answer, True), (fact[cut + len(answer):], False)]))
   return {"copy": copy, "reading": reading}

@@ -7,9 +7,11 @@ evaluation on the dev split. Every product is cached in the workdir and reused; 
 run checkpoints and resumes.
 """
 
+import dataclasses
 import json
 import os
 import shutil
+import zlib
 
 import jax
 import numpy as np
@@ -39,9 +41,7 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+read_jsonl = cli.read_jsonl
 
 
 def build_world(config, workdir):
@@ -62,12 +62,19 @@ def rollout_config(config) -> RolloutConfig:
 
 
 def demonstrations(config, workdir, tok, retriever, questions):
-  """Oracle trajectories as (tokens, loss_mask) rows; observations from the real retriever."""
-  out_f = os.path.join(workdir, "world", f"sft_{tok.vocab_size}.npz")
+  """Oracle trajectories as (tokens, loss_mask) rows; observations from the real retriever.
+
+  Cached under a name that hashes what shapes the rows (vocabulary, rollout limits, the
+  observation text around a fixed sample), so a change of format builds them again instead
+  of reusing stale rows."""
+  engine = RolloutEngine(None, tok, retriever, rollout_config(config))
+  sample = engine.observation_ids(retriever.retrieve(["a"], config.retrieval.topk)[0])
+  key = zlib.crc32(json.dumps([tok.vocab_size, dataclasses.asdict(engine.cfg), sample,
+                               len(questions)]).encode())
+  out_f = os.path.join(workdir, "world", f"sft_{tok.vocab_size}_{key:08x}.npz")
   if os.path.isfile(out_f):
     z = np.load(out_f)
     return z["tokens"], z["mask"], z["loss_mask"]
-  engine = RolloutEngine(None, tok, retriever, rollout_config(config))
   steps = [SW.oracle_steps(q) for q in questions]
   rows = [(engine.prompt_ids(q["question"]), [], []) for q in questions]
   for hop in range(max(len(s) for s in steps)):

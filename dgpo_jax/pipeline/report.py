@@ -6,6 +6,7 @@ import os
 
 from dgpo_jax.eval import stats
 from dgpo_jax.eval.metrics import exact_match
+from dgpo_jax.utils import cli
 
 FAMILIES = ("single_hop", "bridge", "comparison", "three_hop")
 
@@ -68,7 +69,7 @@ def write(workdir, config, results, history, samples):
   rl_name = results.get("stages", {}).get("rl")
   rl_metrics = os.path.join(workdir, f"metrics_{rl_name}.jsonl")
   if rl_name and os.path.isfile(rl_metrics):
-    rows = [json.loads(l) for l in open(rl_metrics) if l.strip()]
+    rows = cli.read_jsonl(rl_metrics)
     parts.append("\n## RL (first and last steps)\n\n")
     keys = [k for k in ("em", "kl", "entropy", "clip_frac", "vf_loss", "explained_var",
                         "searches_per_question", "response_tokens", "tokens_per_s")

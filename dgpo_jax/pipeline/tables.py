@@ -106,7 +106,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
     files = [os.path.join(workdir, f"seed{s}", f"metrics_rl-{tag(m, a)}.jsonl") for s in seeds]
-    series = [[json.loads(l) for l in open(f) if l.strip()] for f in files if os.path.isfile(f)]
+    series = [cli.read_jsonl(f) for f in files if os.path.isfile(f)]
     if series:
       curves[tag(m, a)] = series
   tables["rl"] = rl_first_last(curves)

@@ -167,7 +167,7 @@ class RolloutEngine:
       sub, res = s.decode(sub, cfg.max_turn_tokens, jax.random.fold_in(rng, turn), sp,
                           self.stops_with_search, active=np.arange(len(idx)) < len(live))
       lengths = np.asarray(sub.lengths).copy()
-      obs_rows, obs_chunks, queries = [], [], []
+      obs_rows, queries = [], []
       for r, i in enumerate(live):
         t = trajs[i]
         ids = res.tokens[r, :res.num_tokens[r]].tolist()

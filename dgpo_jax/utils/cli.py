@@ -1,5 +1,6 @@
 """Shared CLI setup."""
 
+import json
 import logging
 
 
@@ -38,6 +39,21 @@ def write_json(path: str, obj, indent: int = 1):
   with open(path + ".tmp", "w") as f:
     json.dump(obj, f, indent=indent)
   os.replace(path + ".tmp", path)
+
+
+def read_jsonl(path: str) -> list:
+  """The records of a JSON-lines file (blank lines skipped); a malformed line is a DgpoError
+  naming the file and line."""
+  from dgpo_jax.utils.errors import fail
+  out = []
+  with open(path) as f:
+    for n, line in enumerate(f, start=1):
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          fail(f"{path}:{n}: not a JSON record ({e.msg} at column {e.colno})")
+  return out
 
 
 def cache_dir() -> str:
