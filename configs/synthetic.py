@@ -10,8 +10,8 @@ split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about 20-25 min on 2 CPU cores (600 SFT steps, 12 KD epochs): not yet timed alone;
-      # with a second run sharing the cores, SFT took 13.5 min and KD 14.3 (docs/synthetic.md)
+      # about 25-30 min on 2 CPU cores (600 SFT steps, 20 KD epochs): not yet timed alone
+      # (stage times in docs/synthetic.md)
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
@@ -56,10 +56,11 @@ def get_config(arg: str = ""):
   # TGO over the whole training split (1,540 questions), not 600 of them: the KD student
   # learns more from the larger set (measured side by side in docs/synthetic.md).
   c.tgo.update(num_questions=0, temperature=0.0)
-  # 12 KD epochs (about 900 steps over the whole-split TGO), not the paper's 5: the student's
-  # validation EM stays below 0.1 for the first 6 epochs, then jumps (0.38 at epoch 7 on seed 0;
-  # docs/synthetic.md). The paper's 5 epochs run over ~20x more TGO trajectories.
-  c.kd.update(epochs=12, batch_size=16, lr=3e-3, warmup_steps=10)
+  # 20 KD epochs (about 1,500 steps over the whole-split TGO), not the paper's 5: the student's
+  # validation EM stays near 0.1 until it jumps at a step threshold (epoch 7 of 12 on seed 0;
+  # on seed 1 never within 12 epochs, epoch 11 of 20; docs/synthetic.md). The paper's 5 epochs
+  # run over ~20x more TGO trajectories.
+  c.kd.update(epochs=20, batch_size=16, lr=3e-3, warmup_steps=10)
   c.ppo.update(steps=20, questions_per_step=16, group_size=4, mini_batch=16, micro_batches=1,
                actor_lr=5e-5, critic_lr=5e-4, val_every=10,
                # The values the recorded synthetic results were measured with (docs/results.md);
