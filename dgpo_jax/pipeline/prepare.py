@@ -29,7 +29,7 @@ from dgpo_jax.models.tokenizer import SentencePieceTokenizer
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import setup
 from dgpo_jax.retrieval import index as index_lib
-from dgpo_jax.retrieval.retriever import IndexRetriever
+from dgpo_jax.retrieval.retriever import Doc, IndexRetriever
 from dgpo_jax.rollout import text as T
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.train.loop import FitConfig, fit
@@ -68,7 +68,7 @@ def demonstrations(config, workdir, tok, retriever, questions):
   observation text around a fixed sample), so a change of format builds them again instead
   of reusing stale rows."""
   engine = RolloutEngine(None, tok, retriever, rollout_config(config))
-  sample = engine.observation_ids(retriever.retrieve(["a"], config.retrieval.topk)[0])
+  sample = engine.observation_ids([Doc("0", '"T"', "A sample passage.", 1.0)])
   key = zlib.crc32(json.dumps([tok.vocab_size, dataclasses.asdict(engine.cfg), sample,
                                len(questions)]).encode())
   out_f = os.path.join(workdir, "world", f"sft_{tok.vocab_size}_{key:08x}.npz")
