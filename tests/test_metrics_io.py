@@ -41,3 +41,20 @@ def test_bootstrap_intervals_and_verdicts():
   assert dlo < d < dhi
   with pytest.raises(ValueError, match="shapes"):
     stats.paired_diff_ci(a, b[:, :10])
+
+
+def test_first_last_change_resamples_rollout_rows():
+  from dgpo_jax.eval import stats
+  # 20 RL steps of 16 rows: EM 0.625 on the first two, 0.469 on the last two.
+  ems = [0.625, 0.625] + [0.5] * 16 + [0.5, 0.4375]
+  by_steps = stats.first_last_change(ems)
+  by_rows = stats.first_last_change(ems, rows=[16] * 20)
+  assert by_rows["resampled"] == "rows" and by_steps["resampled"] == "step values"
+  assert abs(by_rows["change"] - (0.46875 - 0.625)) < 1e-12
+  assert abs(by_rows["change"] - by_steps["change"]) < 1e-12
+  # 32 rows per side: the interval is wide and holds 0; two step values per side barely vary.
+  lo, hi = by_rows["ci95"]
+  assert lo < 0 < hi and hi - lo > 0.3
+  assert by_steps["ci95"][1] - by_steps["ci95"][0] < 0.1
+  with pytest.raises(ValueError, match="rows"):
+    stats.first_last_change(ems, rows=[16] * 19)

@@ -50,14 +50,30 @@ def verdict(lo: float, hi: float, predicted_sign: int = 1) -> str:
   return "reproduced" if (lo > 0) == (predicted_sign > 0) else "contradicted"
 
 
-def first_last_change(values, frac: float = 0.1, **kw):
+def first_last_change(values, frac: float = 0.1, rows=None, **kw):
   """Mean of the last `frac` of a series minus the mean of its first `frac` (at least one
   value each), with `mean_diff_ci`'s interval: e.g. the training-rollout EM of every RL
-  step, so a stage that moved the policy shows an interval that excludes 0."""
+  step, so a stage that moved the policy shows an interval that excludes 0.
+
+  rows: the number of rollout rows behind each value (values are then EMs, k/rows): the
+  interval resamples those rows' 0/1 outcomes, not the few step means (two steps each side
+  at 20 RL steps, whose resampled mean has almost no spread). None resamples the values.
+  """
   v = np.asarray(values, np.float64)
   if len(v) < 2:
     raise ValueError(f"first_last_change: a series of {len(v)} values has no first and last part")
   k = max(1, int(round(len(v) * frac)))
-  d, lo, hi = mean_diff_ci(v[-k:], v[:k], **kw)
-  return {"first": float(v[:k].mean()), "last": float(v[-k:].mean()), "change": d,
-          "ci95": [lo, hi], "n_each": k}
+  if rows is None:
+    a, b = v[-k:], v[:k]
+  else:
+    n = np.asarray(rows, np.int64)
+    if n.shape != v.shape or (n < 1).any():
+      raise ValueError(f"first_last_change: rows {n.tolist()} do not match {len(v)} values")
+    outcomes = lambda sl: np.concatenate([
+        np.repeat([1.0, 0.0], [int(round(e * m)), m - int(round(e * m))])
+        for e, m in zip(v[sl], n[sl])])
+    a, b = outcomes(slice(len(v) - k, len(v))), outcomes(slice(0, k))
+  d, lo, hi = mean_diff_ci(a, b, **kw)
+  return {"first": float(b.mean()), "last": float(a.mean()), "change": d,
+          "ci95": [lo, hi], "n_each": k,
+          "resampled": "rows" if rows is not None else "step values"}

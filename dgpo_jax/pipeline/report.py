@@ -78,13 +78,17 @@ def write(workdir, config, results, history, samples):
     for r in (rows[:1] + rows[-1:]) if len(rows) > 1 else rows:
       parts.append(f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4g}"
                                                    for k in keys) + " |\n")
-    ems = [r["em"] for r in rows if "em" in r]
-    if len(ems) >= 2:
-      c = stats.first_last_change(ems)
+    em_rows = [r for r in rows if "em" in r]
+    if len(em_rows) >= 2:
+      n = [r.get("rows") for r in em_rows]
+      c = stats.first_last_change([r["em"] for r in em_rows],
+                                  rows=[int(x) for x in n] if all(n) else None)
+      over = ("the rollout rows of those steps" if c["resampled"] == "rows" else
+              "the steps' EMs (the metrics do not record rows per step)")
       parts.append(f"\nTraining-rollout EM, first {c['n_each']} vs last {c['n_each']} of "
-                   f"{len(ems)} steps: {c['first']:.3f} → {c['last']:.3f}, change "
+                   f"{len(em_rows)} steps: {c['first']:.3f} → {c['last']:.3f}, change "
                    f"{c['change']:+.3f} (95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
-                   f"bootstrap over the steps' EMs).\n")
+                   f"bootstrap over {over}).\n")
     val = [r for r in rows if "val_avg" in r]
     if val:
       parts.append("\nRL validation EM (dev slice): " + ", ".join(

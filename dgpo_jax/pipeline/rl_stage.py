@@ -173,6 +173,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
                               width=fine_bucket(longest + 1, minimum=64))
     arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
     m = B.rollout_metrics(trajs, arr["score"])
+    m["rows"] = float(len(trajs))  # behind `em`: the interval of the first/last change
     t_roll = time.time() - t0
     dev = {k: sharding.global_array(v, bsh(np.ndim(v))) for k, v in arr.items()}
     if mode == "gkd":

@@ -237,10 +237,14 @@ def rl_first_last(curves: dict) -> dict:
     out[name] = {k: [_mean_at(series, k, steps[0]), _mean_at(series, k, steps[-1])]
                  for k in RL_KEYS}
     ems = [_mean_at(series, "em", s) for s in steps]
-    ems = [e for e in ems if e == e]
-    if len(ems) >= 2:  # training-rollout EM, first vs last 10% of steps (mean over seeds)
+    # rows behind each step's mean: every seed's rollout rows at that step
+    n = [sum(r.get("rows", 0) for sr in series for r in sr if r["step"] == s) for s in steps]
+    keep = [i for i, e in enumerate(ems) if e == e]
+    if len(keep) >= 2:  # training-rollout EM, first vs last 10% of steps (mean over seeds)
       from dgpo_jax.eval import stats
-      out[name]["em_change"] = stats.first_last_change(ems)
+      n = [int(n[i]) for i in keep]
+      out[name]["em_change"] = stats.first_last_change([ems[i] for i in keep],
+                                                       rows=n if all(n) else None)
   return out
 
 
