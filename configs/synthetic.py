@@ -58,7 +58,7 @@ def get_config(arg: str = ""):
   c.tgo.update(num_questions=0, temperature=0.0)
   # 20 KD epochs (about 1,500 steps over the whole-split TGO), not the paper's 5: the student's
   # validation EM stays near 0.1 until it jumps at a step threshold (epoch 7 of 12 on seed 0;
-  # on seed 1 never within 12 epochs, epoch 11 of 20; docs/synthetic.md). The paper's 5 epochs
+  # on seed 1 never within 12 epochs, epoch 10 of 20; docs/synthetic.md). The paper's 5 epochs
   # run over ~20x more TGO trajectories.
   c.kd.update(epochs=20, batch_size=16, lr=3e-3, warmup_steps=10)
   c.ppo.update(steps=20, questions_per_step=16, group_size=4, mini_batch=16, micro_batches=1,
