@@ -17,7 +17,8 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # 81 s (34 s with a warm XLA cache): a small world, a few steps per stage (the tests' config)
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
-      # every method and ablation × 3 seeds, one shared preparation: 29.5 min (docs/results.md)
+      # every method and ablation × 3 seeds, one shared preparation: 29.5 min when the
+      # teacher's SFT was 300 steps (docs/results.md); not re-timed with the default's 600
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
       # the plain LM stage on the real Wikipedia sample (~70 s)
 """
