@@ -42,6 +42,7 @@ def main():
   from dgpo_jax.pipeline import prepare, setup
   from dgpo_jax.retrieval.retriever import IndexRetriever
   from dgpo_jax.train.loop import FitConfig, fit
+  from dgpo_jax.utils import cli
 
   c = synthetic.get_config()
   for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
@@ -58,7 +59,7 @@ def main():
   n_train = len(tgo["score"])  # TGO on the whole split: row i is training question i
   rows = {"oracle_all": np.arange(min(n_train, len(sft["tokens"]))),
           "oracle_tgo_correct": np.nonzero(tgo["score"] > 0)[0]}
-  dev = prepare.read_jsonl(os.path.join(w, "world", "dev.jsonl"))[:a.dev]
+  dev = cli.read_jsonl(os.path.join(w, "world", "dev.jsonl"))[:a.dev]
   out = {"benchmark": "sft_data", "workdir": w, "steps": a.steps, "dev_questions": len(dev),
          "arms": {}}
   for arm, keep in rows.items():

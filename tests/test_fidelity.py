@@ -12,6 +12,7 @@ from dgpo_jax.pipeline import rl_stage
 from dgpo_jax.retrieval.retriever import Doc
 from dgpo_jax.rl import algos
 from dgpo_jax.rollout import text as T
+from tests.test_hostile import _WordTok  # character ids: every byte of the text kept
 from dgpo_jax.train import lm
 
 
@@ -135,17 +136,6 @@ def test_grpo_advantages_use_the_reference_unbiased_std():
   np.testing.assert_allclose(pop[:10] / got[:10], np.sqrt(5 / 4), rtol=1e-4)
 
 
-class _CharTok:
-  """Character-level ids (id = code point): token ids that keep every byte of the text."""
-  eos_ids, pad_id = (0,), 0
-
-  def encode(self, s):
-    return [ord(c) for c in s]
-
-  def decode(self, ids):
-    return "".join(map(chr, ids))
-
-
 def test_observation_token_ids_are_the_reference_string():
   """The reference's observation (search_r1/llm_agent/generation.py): "\\n\\n<information>" +
   the passages string `Doc i(Title: t) text\\n`… stripped + "</information>\\n\\n"."""
@@ -155,7 +145,7 @@ def test_observation_token_ids_are_the_reference_string():
           Doc("2", '"Seine"', "The Seine is a river.", 0.5)]
   passages = "".join(f"Doc {i + 1}(Title: {d.title}) {d.text}\n" for i, d in enumerate(docs))
   reference = "\n\n<information>" + passages.strip() + "</information>\n\n"
-  eng = RolloutEngine(None, _CharTok(), None, RolloutConfig(max_obs_tokens=500))
+  eng = RolloutEngine(None, _WordTok(), None, RolloutConfig(max_obs_tokens=500))
   assert eng.observation_ids(docs) == [ord(c) for c in reference]
 
 
@@ -260,9 +250,9 @@ def test_observation_cap_keeps_the_closing_tag():
   3-passage wiki-18 observations lose it); ours cuts the passages, never the tag."""
   from dgpo_jax.retrieval.retriever import Doc as D
   from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
-  eng = RolloutEngine(None, _CharTok(), None, RolloutConfig(max_obs_tokens=120))
+  eng = RolloutEngine(None, _WordTok(), None, RolloutConfig(max_obs_tokens=120))
   ids = eng.observation_ids([D(str(i), f'"t{i}"', "word " * 200, 1.0) for i in range(3)])
-  text = _CharTok().decode(ids)
+  text = _WordTok().decode(ids)
   assert len(ids) == 120 and text.endswith("</information>\n\n")
   reference = ("\n\n<information>" + "".join(
       f'Doc {i + 1}(Title: "t{i}") ' + "word " * 200 + "\n" for i in range(3)).strip() +

@@ -16,7 +16,8 @@ from flax import nnx
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder, ValueModel
 from dgpo_jax.parallel import sharding
-from dgpo_jax.pipeline.rl_stage import optimizers, ppo_config, state_shardings
+from dgpo_jax.pipeline.rl_stage import (optimizers, ppo_config, state_shardings,
+                                        updates_per_step)
 from dgpo_jax.rl import distill, ppo
 from dgpo_jax.train import lm
 
@@ -102,8 +103,7 @@ def compile_steps(config, mesh=None, seq_len: int = 0,
     out.append(Compiled("ppo_experience", exp.lower(s_p, c_p, t_p, batch).compile()))
   if "ppo" in steps:
     p = config.ppo
-    n_rows = p.questions_per_step * (p.group_size if pc.advantage == "grpo" else 1)
-    tx_a, tx_c = optimizers(p, p.epochs * (n_rows // p.mini_batch))
+    tx_a, tx_c = optimizers(p, updates_per_step(p, pc.advantage))
     shape = jax.eval_shape(lambda a, c: ppo.init_state(a, c, tx_a, tx_c), s_p, c_p)
     st_sh = state_shardings(shape, {"actor": tx_a, "critic": tx_c},
                             {"actor": s_sh, "critic": c_sh}, mesh)

@@ -41,9 +41,6 @@ def _log(msg):
     print(msg, flush=True)
 
 
-read_jsonl = cli.read_jsonl
-
-
 def build_world(config, workdir):
   w = config.world
   d = os.path.join(workdir, "world")
@@ -136,7 +133,7 @@ def run(config, workdir):
   d = build_world(config, workdir)
   tok_prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
   if not os.path.isfile(tok_prefix + ".model"):
-    train = read_jsonl(os.path.join(d, "train.jsonl"))
+    train = cli.read_jsonl(os.path.join(d, "train.jsonl"))
     texts = [l.strip() for l in open(os.path.join(d, "pretrain.txt"))]
     texts += [T.PROMPT, T.INVALID_ACTION] + [
         " ".join(f"<think> {th} </think> <{k}> {p} </{k}>" for k, th, p in SW.oracle_steps(q))
@@ -149,12 +146,12 @@ def run(config, workdir):
   retriever = IndexRetriever(index_dir)
   mesh = sharding.make_mesh(config.mesh)
   rules = setup.rules(config)
-  train_q = read_jsonl(os.path.join(d, "train.jsonl"))[:config.prep.sft_examples]
+  train_q = cli.read_jsonl(os.path.join(d, "train.jsonl"))[:config.prep.sft_examples]
   sft = demonstrations(config, workdir, tok, retriever, train_q)
   docs = [tok.encode(l.strip()) for l in open(os.path.join(d, "pretrain.txt"))]
   drills = os.path.join(d, "drills.jsonl")
   if config.prep.drills and os.path.isfile(drills):
-    docs += [tok.encode(r["text"]) for r in read_jsonl(drills)]
+    docs += [tok.encode(r["text"]) for r in cli.read_jsonl(drills)]
     docs = [docs[i] for i in np.random.default_rng(config.seed).permutation(len(docs))]
   eos = tok.eos_ids[0]
   lm_rows = lm_data.pack(docs, config.data.seq_len, eos)
@@ -213,7 +210,7 @@ def run(config, workdir):
   if not fresh:  # a finished preparation: its evaluation is not repeated
     with open(done_f) as f:
       return json.load(f), models, tok, retriever
-  dev = read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]
+  dev = cli.read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]
   for which in ("teacher", "student"):
     cfg, graphdef, params, _ = models[which]
     summary, trajs = evaluate(cfg, graphdef, params, tok, retriever, config, dev)

@@ -38,6 +38,13 @@ class Model:
   shardings: dict
 
 
+def updates_per_step(p, advantage: str) -> int:
+  """Optimizer updates in one RL step: `p.epochs` passes over the rollout's rows
+  (questions × group size for GRPO) in mini-batches of `p.mini_batch`."""
+  rows = p.questions_per_step * (p.group_size if advantage == "grpo" else 1)
+  return p.epochs * (rows // p.mini_batch)
+
+
 def optimizers(p, updates_per_step: int):
   """(actor, critic) optimizers from the `ppo` config block: AdamW with `p.b2` and
   `p.weight_decay` on `p.lr_schedule`, warmed up over `p.*_warmup_ratio` of `p.steps` RL steps,
@@ -55,8 +62,7 @@ def ppo_config(c, **over) -> ppo.PPOConfig:
   kw = dict(clip=p.clip, vf_clip=p.vf_clip, ent_coef=p.ent_coef, gamma=p.gamma, lam=p.lam,
             beta=p.beta, kl_estimator=p.kl_estimator, kl_rows=p.kl_rows,
             advantage=p.advantage, grpo_std=p.grpo_std, micro_batches=p.micro_batches,
-            impl=c.kernel.impl,
-            chunk=c.kernel.chunk, block=c.kernel.block)
+            impl=c.kernel.impl, chunk=c.kernel.chunk, block=c.kernel.block)
   kw.update(over)
   return ppo.PPOConfig(**kw)
 
@@ -107,7 +113,7 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
   if rows % c.mini_batch or c.mini_batch % pc.micro_batches:
     fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
          f"({c.mini_batch}), and mini_batch into micro_batches ({pc.micro_batches})")
-  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else c.epochs * (rows // c.mini_batch))
+  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else updates_per_step(c, pc.advantage))
   critic = make_critic(student, mesh, rules, config.seed, c.critic_head_init) if (
       mode == "ppo" and pc.use_critic) else None
   if mode == "gkd":

@@ -232,7 +232,7 @@ def setup_run(config, workdir, with_teacher=True):
     prep, models, tok, retriever = prepare.run(config, workdir)
     student, teacher = (Model(*models[w]) for w in ("student", "teacher"))
     d = os.path.join(workdir, "world")
-    train_q, dev_q, test_q = (prepare.read_jsonl(os.path.join(d, f"{s}.jsonl"))
+    train_q, dev_q, test_q = (cli.read_jsonl(os.path.join(d, f"{s}.jsonl"))
                               for s in ("train", "dev", "test"))
   else:
     fields = ("data.train", "data.dev", "data.test") + (

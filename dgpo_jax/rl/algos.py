@@ -37,15 +37,13 @@ def kl_low_var(logp, logp_other, full_kl):
 
 def kl_rk1(logp, logp_other, full_kl):
   """veRL's `rkl`: log π_other(y) − log π_θ(y), the sampled estimate of the reverse KL."""
-  del full_kl
-  return logp_other - logp
+  return kl_k1(logp_other, logp, full_kl)
 
 
 def kl_low_var_rkl(logp, logp_other, full_kl):
-  """veRL's `low_var_rkl`: r − 1 − log r with r = π_θ/π_other, clamped to [−10, 10]."""
-  del full_kl
-  log_r = logp - logp_other
-  return jnp.clip(jnp.exp(log_r) - 1.0 - log_r, -10.0, 10.0)
+  """veRL's `low_var_rkl`: k3 with the two policies swapped (r = π_θ/π_other), clamped to
+  [−10, 10]."""
+  return kl_low_var(logp_other, logp, full_kl)
 
 
 # Keys: ours (k1, k3, full) and the reference's names for the rest.
