@@ -24,7 +24,7 @@ from benchmarks.common import emit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = ("world", "tokenizer", "models/teacher", "checkpoints/teacher_lm",
-          "checkpoints/teacher_sft", "tgo")
+          "checkpoints/teacher_sft", "eval/teacher_sft_val.json", "tgo")
 
 
 def _main(workdir, sets):
@@ -52,6 +52,7 @@ def main():
   for rel in SHARED:
     s, d = os.path.join(default, rel), os.path.join(same, rel)
     if os.path.exists(s) and not os.path.exists(d):
+      os.makedirs(os.path.dirname(d), exist_ok=True)
       (shutil.copytree if os.path.isdir(s) else shutil.copy)(s, d)
   shape = [f"student.{k}={t[k]}" for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
                                            "d_ff")]

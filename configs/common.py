@@ -73,6 +73,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.dev = ""
   c.data.test = ""
 
+  # Extra XLA flags, appended to $XLA_FLAGS by `main` before the backend starts.
+  c.xla_flags = ""
   c.mesh = "data:-1"
   c.sharding_rules = DEFAULT_RULES
 
@@ -103,6 +105,9 @@ def base() -> ml_collections.ConfigDict:
   c.rollout.max_obs_tokens = 500
   c.rollout.temperature = 1.0
   c.rollout.top_p = 1.0
+  # The reference caps the rolling context at max_prompt_length = 4,096 tokens; a row whose
+  # next observation and turn would not fit ends (flag context_full). 0 = no cap.
+  c.rollout.max_context = 4096
 
   # DGPO training (stage "train"): method, ablation and their pieces (reference values).
   c.method = "dgpo"  # dgpo | ppo | sft_ppo | kd | distillm | taid | gkd | grpo
@@ -153,6 +158,15 @@ def base() -> ml_collections.ConfigDict:
   # The reference's critic head: a fresh token-classification head, N(0, 0.02) with a bias.
   c.ppo.critic_head_init = "normal"  # normal | zeros
   c.ppo.grpo_std = "unbiased"  # the reference's torch.std; "population" divides by n
+  # The reference's critic: GAE, advantage whitening (unbiased variance) and the value loss
+  # over the whole response, observation tokens included; "generated": model tokens only.
+  c.ppo.critic_positions = "response"
+  # How GRPO applies its KL to the reference model: "loss" (the reference's use_kl_loss:
+  # kl_loss_coef × low_var_kl in the actor loss, none in the reward, as Search-R1's GRPO) or
+  # "reward" (−β·KL on every row's tokens, as PPO).
+  c.ppo.grpo_kl = "loss"
+  c.ppo.kl_loss_coef = 0.001
+  c.ppo.kl_loss_estimator = "low_var_kl"
   c.ppo.temperature = 1.0
   c.ppo.top_p = 1.0
   c.ppo.val_every = 200

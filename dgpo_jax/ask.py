@@ -70,8 +70,7 @@ def main(argv):
         c.retrieval.encoder = "bm25"
     built = setup.build_model(c, FLAGS.workdir)
     retriever = setup.build_retriever(c)
-    rc = RolloutConfig(max_turns=c.rollout.max_turns, max_turn_tokens=c.rollout.max_turn_tokens,
-                       max_obs_tokens=c.rollout.max_obs_tokens, topk=c.retrieval.topk)
+    rc = RolloutConfig.from_config(c)
     engine = RolloutEngine(None, built.tokenizer, retriever, rc)
     engine.sampler = engine.sampler_for(built.graphdef, built.params, [FLAGS.question])
     sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)

@@ -32,6 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dgpo_jax.utils import cli
+  cli.add_xla_flags(FLAGS.config.get("xla_flags", ""))
   cli.setup_logging()
   cli.compilation_cache(cli.default_xla_cache() if FLAGS.xla_cache is None else FLAGS.xla_cache)
   config = FLAGS.config

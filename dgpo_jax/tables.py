@@ -24,6 +24,7 @@ def _run():
   import os
 
   from dgpo_jax.utils import cli
+  cli.add_xla_flags(FLAGS.config.get("xla_flags", ""))
   # 39 runs compile the same steps: XLA's persistent cache turns most compiles into loads.
   cli.compilation_cache(os.path.join(FLAGS.workdir, "xla_cache"))
   from dgpo_jax.pipeline import tables

@@ -271,3 +271,160 @@ def test_paper_critic_head_is_the_reference_token_classification_init():
   w = np.asarray(vm.value_w[...])
   assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002 and float(vm.value_b[...]) == 0
   assert not np.asarray(ValueModel(cfg, rngs=nnx.Rngs(0)).value_w[...]).any()  # "zeros"
+
+
+def _reference_gae_whiten(rewards, values, response_mask, gamma=1.0, lam=1.0):
+  """The reference's `compute_gae_advantage_return` (unmasked recursion over the padded
+  response, then `masked_whiten` with the unbiased variance) in numpy, response coordinates."""
+  adv = np.zeros_like(rewards)
+  last = np.zeros(rewards.shape[0])
+  for t in reversed(range(rewards.shape[1])):
+    nxt = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+    last = rewards[:, t] + gamma * nxt - values[:, t] + gamma * lam * last
+    adv[:, t] = last
+  returns = adv + values
+  m = response_mask
+  mean = (adv * m).sum() / m.sum()
+  var = (((adv - mean) ** 2) * m).sum() / m.sum() * m.sum() / (m.sum() - 1)
+  return (adv - mean) / np.sqrt(var + 1e-8), returns
+
+
+def test_critic_positions_match_the_reference_on_a_mixed_batch():
+  """Rows of different lengths whose responses mix generated and observation tokens: the
+  reference's critic values sit at the input before each response token (masked by that
+  input's attention mask, so the terminal position after the last token is kept), GAE runs
+  unmasked, advantages are whitened over the response's attention mask, the value loss uses
+  the shifted mask. Ours with `critic_positions="response"`, mapped onto response coords."""
+  from flax import nnx
+
+  from dgpo_jax.models import config as model_config
+  from dgpo_jax.models.decoder import Decoder, ValueModel
+  from dgpo_jax.rl import batch as B
+  from dgpo_jax.rl import ppo
+  cfg = model_config.preset("tiny-llama", d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                            d_ff=64, vocab_size=97)
+  gd, p = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
+  cgd, cp = nnx.split(ValueModel(cfg, rngs=nnx.Rngs(1), head_init="normal"))
+  p, cp = nnx.to_pure_dict(p), nnx.to_pure_dict(cp)
+  rng = np.random.default_rng(0)
+  P = 5  # prompt tokens (every row)
+  gens = [[1, 1, 1, 0, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1], [1, 1, 1, 1]]  # 0 = observation token
+  arr = B.to_arrays([list(rng.integers(1, 97, P)) for _ in gens],
+                    [list(rng.integers(1, 97, len(g))) for g in gens], gens, pad_id=0, width=16)
+  arr["score"] = np.asarray([1.0, 0.0, 1.0], np.float32)
+  arr["group"] = np.zeros(3, np.int32)
+  batch = {k: jnp.asarray(v) for k, v in arr.items()}
+  pc = ppo.PPOConfig(beta=0.0, critic_positions="response", chunk=32, block=16)
+  exp, _ = ppo.make_experience(gd, cgd, gd, pc)(p, cp, p, batch)
+
+  # The reference, in response coordinates i (response token i sits at column P + i).
+  R = arr["tokens"].shape[1] - P
+  raw_values = np.asarray(ppo.values_of(cgd, cp, batch["tokens"][:, :-1], batch["mask"][:, :-1]))
+  attn = arr["mask"]
+  values = raw_values[:, P - 1:P - 1 + R] * attn[:, P - 1:P - 1 + R]  # input before token i
+  response_mask = attn[:, P:P + R].astype(np.float64)
+  rewards = np.zeros((3, R))
+  for r, g in enumerate(gens):
+    rewards[r, len(g) - 1] = arr["score"][r]  # the score on the last response token
+  adv_ref, returns_ref = _reference_gae_whiten(rewards, values.astype(np.float64), response_mask)
+  eos_mask = attn[:, P - 1:P - 1 + R]  # the critic's loss mask (dp_critic)
+
+  ours = lambda k: np.asarray(exp[k])[:, P - 1:P - 1 + R]
+  np.testing.assert_array_equal(ours("vmask"), eos_mask)
+  np.testing.assert_allclose(ours("adv") * response_mask, adv_ref * response_mask, atol=1e-5)
+  np.testing.assert_allclose(ours("returns") * eos_mask, returns_ref * eos_mask, atol=1e-5)
+  np.testing.assert_allclose(ours("old_values"), values, atol=1e-6)
+  # The terminal position (input = a row's last token) is trained towards a return of 0.
+  for r, g in enumerate(gens):
+    assert eos_mask[r, len(g)] == 1 and abs(ours("returns")[r, len(g)]) < 1e-6
+  # Observation tokens carry advantages (they enter the whitening), but the policy loss and
+  # the KL reward still use generated tokens only.
+  assert np.abs(ours("adv") * (1 - ours("gen")) * response_mask).max() > 0
+
+
+def test_grpo_kl_is_a_loss_as_the_reference():
+  """Search-R1's GRPO (`use_kl_loss`): no KL in the reward; the actor loss adds
+  kl_loss_coef × the token-mean `low_var_kl` of the current policy's log-probs against the
+  reference model's (dp_actor), a term the update differentiates."""
+  from flax import nnx
+
+  from configs import synthetic
+  from dgpo_jax.models import config as model_config
+  from dgpo_jax.models.decoder import Decoder
+  from dgpo_jax.pipeline import train
+  from dgpo_jax.rl import batch as B
+  from dgpo_jax.rl import ppo
+  c = synthetic.get_config()
+  with c.unlocked():
+    c.method = "grpo"
+  (_, opt), = train.plan(c)
+  assert (opt["kl_rows"], opt["kl_loss_coef"]) == ("none", 0.001)
+  cfg = model_config.preset("tiny-llama", d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                            d_ff=64, vocab_size=97)
+  gd, p = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
+  p = nnx.to_pure_dict(p)
+  ref = jax.tree.map(lambda x: x * 1.3, p)  # a reference model the policy differs from
+  rng = np.random.default_rng(1)
+  gen = [[1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1]]
+  arr = B.to_arrays([list(rng.integers(1, 97, 4)) for _ in gen],
+                    [list(rng.integers(1, 97, 6)) for _ in gen], gen, pad_id=0, width=16)
+  arr["score"], arr["group"] = np.asarray([1.0, 0.0], np.float32), np.zeros(2, np.int32)
+  batch = {k: jnp.asarray(v) for k, v in arr.items()}
+  pc = ppo.PPOConfig(advantage="grpo", kl_rows="none", kl_loss_coef=0.001, beta=0.001,
+                     chunk=32, block=16)
+  exp, em = ppo.make_experience(gd, None, gd, pc, num_groups=1)(p, None, ref, batch)
+  assert float(em["token_reward_sum"]) == pytest.approx(arr["score"].sum() / 2)  # no KL
+  tx = lm.make_optimizer(1e-3, 10)
+  _, m = ppo.make_update(gd, None, tx, tx, pc)(
+      ppo.init_state(jax.tree.map(jnp.copy, p), None, tx, tx),  # the update donates its state
+      {"tokens": batch["tokens"], "mask": batch["mask"], **exp},
+      jax.random.key(0))
+
+  def logp(params):  # log π(y_t) of each target, from a plain forward
+    logits, _ = nnx.merge(gd, params)(batch["tokens"][:, :-1], valid_bt=batch["mask"][:, :-1])
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    return np.asarray(jnp.take_along_axis(lp, batch["tokens"][:, 1:, None], -1)[..., 0])
+
+  mask = arr["gen"][:, 1:].astype(np.float64)
+  kl = logp(ref) - logp(p)  # the reference's low_var_kl: ref_logprob − logprob ...
+  kld = np.clip(np.exp(kl) - kl - 1, -10, 10)  # ... then exp(kl) − kl − 1, clamped
+  want = (kld * mask).sum() / mask.sum()
+  assert float(m["kl_loss"]) == pytest.approx(want, rel=1e-4)
+  assert float(m["loss"]) == pytest.approx(
+      float(m["pg_loss"]) - pc.ent_coef * float(m["entropy"]) + 0.001 * want, rel=1e-5)
+
+
+LLAMA32_TEMPLATE_HEAD = (  # the opening of Llama-3.2-1B-Instruct's chat_template (abridged)
+    '{{- bos_token }}\n{%- if not date_string is defined %}\n    {%- if strftime_now is defined '
+    '%}\n        {%- set date_string = strftime_now("%d %b %Y") %}\n    {%- else %}\n        '
+    '{%- set date_string = "26 Jul 2024" %}\n    {%- endif %}\n{%- endif %}\n'
+    '{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}')
+
+
+def test_llama3_prompt_is_the_reference_chat_template(tmp_path):
+  """The reference applies the model's chat template (rl_dataset.py:128). For Llama-3.2-1B-
+  Instruct with one user message and no system message: BOS, a system header with the
+  knowledge cutoff and a date, the user message `| trim`med, the assistant header. The date
+  is the template's fallback, not the day of the run (docs/fidelity.md)."""
+  import json
+
+  from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+  from dgpo_jax.models.tokenizer import load_tokenizer
+  msg = T.user_message("who wrote hamlet")
+  want = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+          "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+          "<|start_header_id|>user<|end_header_id|>\n\n" + msg.strip() + "<|eot_id|>"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n")
+  specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+  tok = Tokenizer(models.WordLevel({"[UNK]": 0, **{s: 1 + i for i, s in enumerate(specials)}},
+                                   unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+  tok.save(str(tmp_path / "tokenizer.json"))
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"chat_template": LLAMA32_TEMPLATE_HEAD}))
+  t = load_tokenizer(str(tmp_path), bos_id=1, eos_ids=(4,))
+  assert t.chat_format == "llama3"
+  assert t.apply_chat(msg) == want
+  assert t.encode(t.apply_chat(msg))[0] == 1  # BOS is in the prompt, as the reference's

@@ -14,6 +14,7 @@ from dgpo_jax.models.tokenizer import SentencePieceTokenizer
 from dgpo_jax.retrieval.retriever import Doc, RetrieverError
 from dgpo_jax.rollout import text as T
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
+from dgpo_jax.utils.errors import DgpoError
 
 
 def train_tokenizer(out_dir) -> str:
@@ -165,3 +166,23 @@ def test_em_and_f1_follow_the_reference():
   assert T.extract_answer(resp) == "Paris"
   assert T.classify_turn("<search> q </search>", search_allowed=False)[0] == "invalid"
   assert T.classify_turn("<answer></answer>", True) == ("answer", "")
+
+
+def test_context_cap_ends_a_row_whose_next_turn_would_not_fit(tok):
+  """rollout.max_context (the reference's 4,096-token rolling-context cap): the cache is
+  sized to the cap, a row whose observation and next turn would pass it ends (flagged
+  context_full), and no row's context ever holds more than the cap."""
+  scripts = {0: ["<search> paris </search>"] * 4 + ["<answer> x </answer>"],
+             1: ["<answer> y </answer>"]}
+  rc = dict(max_turns=4, max_turn_tokens=64, max_obs_tokens=200)
+  free, _ = _engine(tok, scripts, **rc)
+  a_free, _ = free.run(["q", "r"], jax.random.key(0))
+  cap = len(a_free.prompt_ids) + 64 + 200 + 64  # room for one search and one more turn
+  assert RolloutConfig(**rc, max_context=cap).cache_needed(len(a_free.prompt_ids)) == cap
+  eng, _ = _engine(tok, scripts, **rc, max_context=cap)
+  a, b = eng.run(["q", "r"], jax.random.key(0))
+  assert a_free.num_searches == 4 and a.num_searches == 2 and a.flags["context_full"] == 1
+  assert a.answer is None and len(a.prompt_ids) + len(a.response_ids) <= cap
+  assert b.answer == "y" and not b.flags
+  with pytest.raises(DgpoError, match="max_context=100 leaves no room"):
+    RolloutConfig(**rc, max_context=100).cache_needed(80)

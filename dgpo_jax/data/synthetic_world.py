@@ -188,11 +188,12 @@ def questions(world: World, seed: int = 0):
   return [dict(qs[i], id=f"q{n}") for n, i in enumerate(order)]
 
 
-def split_questions(qs, seed: int = 0):
-  """{"train"|"dev"|"test": [...]}, split by subject entity (a subject is in one split)."""
+def split_questions(qs, seed: int = 0, fractions=(0.8, 0.1)):
+  """{"train"|"dev"|"test": [...]}, split by subject entity (a subject is in one split):
+  `fractions` = (train, dev) shares of the subjects, the rest test."""
   out = {"train": [], "dev": [], "test": []}
   for q in qs:
-    out[_split_of(q["subject"].split("/")[0], seed)].append(q)
+    out[_split_of(q["subject"].split("/")[0], seed, fractions)].append(q)
   return out
 
 
@@ -242,11 +243,11 @@ def reading_drills(world: World, exclude: set, seed: int = 0, per_passage: int =
   return out
 
 
-def write(world: World, out_dir: str, seed: int = 0) -> dict:
+def write(world: World, out_dir: str, seed: int = 0, fractions=(0.8, 0.1)) -> dict:
   """Writes corpus.jsonl, {train,dev,test}.jsonl, pretrain.txt (one passage per line) and
   drills.jsonl (reading drills); returns counts."""
   os.makedirs(out_dir, exist_ok=True)
-  splits = split_questions(questions(world, seed), seed)
+  splits = split_questions(questions(world, seed), seed, fractions)
   held_out = {q["subject"].split("/")[0] for s in ("dev", "test") for q in splits[s]}
   with open(os.path.join(out_dir, "corpus.jsonl"), "w") as f, \
       open(os.path.join(out_dir, "pretrain.txt"), "w") as g:

@@ -145,24 +145,40 @@ def tokenizer_json_from_gguf(fields: dict) -> str:
   return tok.to_str()
 
 
-# Chat formats. Both are ChatML; they differ in the default system message.
+# Chat formats. The ChatML ones differ in the default system message.
 _CHATML_SYSTEM = {
     "qwen2.5": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     "smollm2": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
     "chatml": None,
 }
-CHAT_FORMATS = tuple(_CHATML_SYSTEM) + ("plain",)
+CHAT_FORMATS = tuple(_CHATML_SYSTEM) + ("llama3", "plain")
+# Llama-3.1/3.2 instruct templates print "Today Date: <date_string>": Llama-3.2's takes the
+# date of the day it runs (strftime_now), which would make every prompt depend on the calendar;
+# we render the templates' own fallback date, so prompts are reproducible.
+LLAMA3_DATE = "26 Jul 2024"
+
+
+def _llama3(user_message: str, system: Optional[str]) -> str:
+  """The Llama-3.1/3.2 instruct template for one user turn and the generation prompt: BOS, a
+  system header with the knowledge cutoff and date, the user message trimmed (`| trim`)."""
+  head = lambda role: f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+  return ("<|begin_of_text|>" + head("system") + "Cutting Knowledge Date: December 2023\n"
+          f"Today Date: {LLAMA3_DATE}\n\n{(system or '').strip()}<|eot_id|>" + head("user")
+          + user_message.strip() + "<|eot_id|>" + head("assistant"))
 
 
 def render_chat(fmt: Optional[str], user_message: str, system: Optional[str] = None) -> str:
   """Renders one user message with the generation prompt, as the model's template does.
 
   Formats: "qwen2.5" and "smollm2" (ChatML with each model's default system message),
-  "chatml" (no system message unless given), "plain" (the message itself, for models
-  trained without a template, like the synthetic world's).
+  "chatml" (no system message unless given), "llama3" (Llama-3.1/3.2 instruct, BOS included,
+  the date fixed to `LLAMA3_DATE`), "plain" (the message itself, for models trained without a
+  template, like the synthetic world's).
   """
   if fmt in (None, "plain"):
     return user_message
+  if fmt == "llama3":
+    return _llama3(user_message, system)
   if fmt not in _CHATML_SYSTEM:
     fail(f"unknown chat format {fmt!r} (known: {', '.join(CHAT_FORMATS)})")
   system = system if system is not None else _CHATML_SYSTEM[fmt]
@@ -171,7 +187,8 @@ def render_chat(fmt: Optional[str], user_message: str, system: Optional[str] = N
 
 
 def guess_chat_format(model_dir: str) -> Optional[str]:
-  """Reads tokenizer_config.json's chat_template and recognizes Qwen2.5 / SmolLM2 ChatML."""
+  """Reads tokenizer_config.json's chat_template and recognizes Qwen2.5 / SmolLM2 ChatML and
+  the Llama-3 header template."""
   f = os.path.join(model_dir, "tokenizer_config.json")
   if not os.path.isfile(f):
     return None
@@ -183,6 +200,8 @@ def guess_chat_format(model_dir: str) -> Optional[str]:
     return "smollm2"
   if "<|im_start|>" in tpl:
     return "chatml"
+  if "<|start_header_id|>" in tpl:
+    return "llama3"
   return None
 
 

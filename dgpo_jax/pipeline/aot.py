@@ -110,10 +110,11 @@ def compile_steps(config, mesh=None, seq_len: int = 0,
     state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shape, st_sh)
     b_sh = {"tokens": bsh(2), "mask": bsh(2), **{n: bsh(2) for n in
                                                  ("old_logp", "adv", "returns", "old_values",
-                                                  "gen")}}
+                                                  "gen", "vmask")}}
     upd = ppo.make_update(s_gd, c_gd, tx_a, tx_c, pc, st_sh, b_sh)
     batch = {"tokens": tok(t + 1), "mask": tok(t + 1),
-             **{n: f32(t) for n in ("old_logp", "adv", "returns", "old_values", "gen")}}
+             **{n: f32(t) for n in ("old_logp", "adv", "returns", "old_values", "gen",
+                                    "vmask")}}
     out.append(Compiled("ppo_update", upd.lower(state, batch, jax.random.key(0)).compile()))
   if "rollout" in steps:
     out.append(Compiled("rollout_decode", _lower_decode(config, s_gd, s_p, mesh, rules)))
@@ -121,13 +122,13 @@ def compile_steps(config, mesh=None, seq_len: int = 0,
 
 
 def rollout_shape(config) -> tuple:
-  """(rows, KV-cache tokens) of one rollout batch: every question's group, and a cache for a
-  prompt of `plan.prompt_tokens` plus every turn and observation (as `RolloutEngine` sizes it)."""
+  """(rows, KV-cache tokens) of one rollout batch: every question's group, and the cache
+  `RolloutConfig.cache_needed` sizes for a prompt of `plan.prompt_tokens`."""
   from dgpo_jax.models.sampler import bucket
-  r, p = config.rollout, config.ppo
+  from dgpo_jax.rollout.engine import RolloutConfig
   prompt = config.plan.get("prompt_tokens", 256)
-  return p.questions_per_step * p.group_size, bucket(
-      prompt + (r.max_turns + 1) * r.max_turn_tokens + r.max_turns * max(r.max_obs_tokens, 128))
+  return config.ppo.questions_per_step * config.ppo.group_size, bucket(
+      RolloutConfig.from_config(config).cache_needed(prompt))
 
 
 def _lower_decode(config, graphdef, params, mesh, rules):

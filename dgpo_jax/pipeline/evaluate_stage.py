@@ -23,6 +23,7 @@ from dgpo_jax.models import hf_io, registry
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report, setup
+from dgpo_jax.rollout.engine import RolloutConfig
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.checkpoint import Checkpointer
 from dgpo_jax.utils.errors import DgpoError, fail
@@ -170,7 +171,7 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
                       if "world" in config and loaded.run_workdir else config.data.corpus)
   want = {i for f in files for r in f.rows for i in (r.get("gold_ids") or [])}
   passages = E.read_passages(corpus, want)
-  rc = prepare.rollout_config(config)
+  rc = RolloutConfig.from_config(config)
   out = {"checkpoint": os.path.abspath(checkpoint), "model": dataclasses.asdict(loaded.cfg),
          "datasets": {}}
   samples = {}

@@ -34,6 +34,7 @@ from dgpo_jax.rollout import text as T
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.train.loop import FitConfig, fit
 from dgpo_jax.utils import cli
+from dgpo_jax.utils.errors import fail
 
 
 def _log(msg):
@@ -41,21 +42,32 @@ def _log(msg):
     print(msg, flush=True)
 
 
+def world_seed(config) -> int:
+  """The seed of the world and of all that `prepare` makes from it (tokenizer, base models,
+  teacher, TGO): `world.seed`, or the run's `seed` when that is negative. Runs with other
+  training seeds (`seed`) can then share one prepared world."""
+  s = config.world.get("seed", -1) if "world" in config else -1
+  return config.seed if s < 0 else s
+
+
 def build_world(config, workdir):
-  w = config.world
+  w, ws = config.world, world_seed(config)
   d = os.path.join(workdir, "world")
+  meta_f = os.path.join(d, "meta.json")
   if not os.path.isfile(os.path.join(d, "test.jsonl")):
-    world = SW.generate(config.seed, w.n_countries, w.n_cities, w.n_orgs, w.n_people, w.n_works)
-    counts = SW.write(world, d + ".tmp", config.seed)
+    world = SW.generate(ws, w.n_countries, w.n_cities, w.n_orgs, w.n_people, w.n_works)
+    counts = SW.write(world, d + ".tmp", ws, (w.get("train_frac", 0.8), w.get("dev_frac", 0.1)))
+    cli.write_json(os.path.join(d + ".tmp", "meta.json"), {"seed": ws, "counts": counts})
     os.replace(d + ".tmp", d) if not os.path.exists(d) else None
     _log(f"[prepare] world: {counts}")
+  elif os.path.isfile(meta_f):
+    held = json.load(open(meta_f))["seed"]
+    if held != ws:
+      fail(f"{d} holds the world of seed {held}, this run asks for seed {ws} "
+               f"(config.seed={config.seed}, config.world.seed={w.get('seed', -1)}): use "
+               f"another workdir for another world, or --config.world.seed={held} to train "
+               f"with seed {config.seed} on this one")
   return d
-
-
-def rollout_config(config) -> RolloutConfig:
-  r = config.rollout
-  return RolloutConfig(max_turns=r.max_turns, max_turn_tokens=r.max_turn_tokens,
-                       max_obs_tokens=r.max_obs_tokens, topk=config.retrieval.topk)
 
 
 def demonstrations(config, workdir, tok, retriever, questions):
@@ -64,7 +76,7 @@ def demonstrations(config, workdir, tok, retriever, questions):
   Cached under a name that hashes what shapes the rows (vocabulary, rollout limits, the
   observation text around a fixed sample), so a change of format builds them again instead
   of reusing stale rows."""
-  engine = RolloutEngine(None, tok, retriever, rollout_config(config))
+  engine = RolloutEngine(None, tok, retriever, RolloutConfig.from_config(config))
   sample = engine.observation_ids([Doc("0", '"T"', "A sample passage.", 1.0)])
   key = zlib.crc32(json.dumps([tok.vocab_size, dataclasses.asdict(engine.cfg), sample,
                                len(questions)]).encode())
@@ -103,6 +115,85 @@ def demonstrations(config, workdir, tok, retriever, questions):
   return tokens, valid, loss
 
 
+def other_world_seeds(config) -> list:
+  """Seeds of the worlds whose text pretrains the base models when `prep.lm_worlds` > 0:
+  drawn from the world seed, never a seed a run's own world uses (those are small)."""
+  return [1_000_000 + 100 * world_seed(config) + k for k in range(config.prep.lm_worlds)]
+
+
+def lm_documents(config, world_dir, tok, ws) -> list:
+  """Token documents of the base models' LM pretraining, shuffled.
+
+  `prep.lm_worlds` = 0: this world's passages of training subjects (held-out subjects left
+  out) and its drills. > 0: the passages and drills of that many other worlds of the same
+  size and none of this world's text, so the base models know how facts are written but
+  no fact of this world; then neither they nor SFT/KD on training questions can answer from
+  memory, as the paper's base models cannot answer most training questions (docs/synthetic.md).
+  """
+  if config.prep.get("lm_worlds", 0) > 0:
+    w = config.world
+    texts = []
+    for seed in other_world_seeds(config):
+      other = SW.generate(seed, w.n_countries, w.n_cities, w.n_orgs, w.n_people, w.n_works)
+      texts += [text for _, _, text in other.passages()]
+      if config.prep.drills:
+        texts += SW.reading_drills(other, set(), seed)
+  else:
+    texts = [l.strip() for l in open(os.path.join(world_dir, "pretrain.txt"))]
+    drills = os.path.join(world_dir, "drills.jsonl")
+    if config.prep.drills and os.path.isfile(drills):
+      texts += [r["text"] for r in cli.read_jsonl(drills)]
+  docs = [tok.encode(t) for t in texts]
+  return [docs[i] for i in np.random.default_rng(ws).permutation(len(docs))]
+
+
+def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, validate):
+  """The teacher's SFT on the oracle demonstrations: the environment's teacher, not a method
+  under test, so its checkpoint may be chosen on dev, as a trained teacher would be.
+
+  With `prep.sft_target_em` > 0 the SFT runs in chunks: after `prep.sft_min_steps` steps
+  and every `prep.sft_val_every` after, greedy dev EM (`validate(params)`); the first chunk
+  that reaches the target ends it. `prep.sft_steps` is the most it runs (the schedule spans
+  it either way). The validations are kept in `eval/teacher_sft_val.json` (a resumed run
+  reads them back). Returns (params, last metrics with "steps").
+  """
+  p = config.prep
+  tokens, valid, loss = sft
+  lengths = valid.sum(1)
+  caps = lm_data.loss_caps(lengths, loss)
+
+  def sft_batch(s):
+    idx, w = lm_data.length_grouped_batch(lengths, p.batch_size, s, ws + 7)
+    return {"tokens": tokens[idx, :w], "mask": valid[idx, :w], "loss_mask": loss[idx, :w],
+            "loss_idx": lm_data.loss_positions(loss[idx, :w], caps[w])}
+
+  target = p.get("sft_target_em", 0.0)
+  ends = [p.sft_steps]
+  if target > 0:
+    first, every = p.get("sft_min_steps", p.sft_steps), max(1, p.get("sft_val_every", 200))
+    ends = sorted({*range(min(first, p.sft_steps), p.sft_steps, every), p.sft_steps})
+  val_f = os.path.join(workdir, "eval", "teacher_sft_val.json")
+  history = json.load(open(val_f)) if os.path.isfile(val_f) else []
+  m = {}
+  for k, end in enumerate(ends):
+    fc = FitConfig(steps=end, schedule_steps=p.sft_steps, lr=p.sft_lr,
+                   warmup_steps=p.warmup_steps, log_every=config.train.log_every,
+                   ckpt_every=min(config.train.ckpt_every, end))
+    params, m = fit("teacher_sft", workdir, graphdef, params, shardings, mesh, sft_batch, fc,
+                    ws, _log)
+    m = dict(m, steps=end)
+    if target <= 0:
+      break
+    if len(history) <= k:
+      history.append({"step": end, **validate(params)})
+      if jax.process_index() == 0:
+        cli.write_json(val_f, history, indent=2)
+      _log(f"[teacher_sft] step {end}: dev EM {history[k]['avg']:.3f} (target {target})")
+    if history[k]["avg"] >= target:
+      break
+  return params, m
+
+
 def model_cfg(config, which, tok):
   m = config[which]
   return model_config.preset("tiny-llama", d_model=m.d_model, n_layers=m.n_layers,
@@ -113,7 +204,7 @@ def model_cfg(config, which, tok):
 
 def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=0):
   """Greedy rollouts; EM overall and per family. Returns (summary, trajectories)."""
-  rc = rollout_config(config)
+  rc = RolloutConfig.from_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(graphdef, params, [q["question"] for q in questions])
   trajs = E.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed)
@@ -131,6 +222,7 @@ def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=
 def run(config, workdir):
   """Prepares world, tokenizer, index, and the pretrained student and SFT'd teacher."""
   d = build_world(config, workdir)
+  ws = world_seed(config)
   tok_prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
   if not os.path.isfile(tok_prefix + ".model"):
     train = cli.read_jsonl(os.path.join(d, "train.jsonl"))
@@ -148,18 +240,14 @@ def run(config, workdir):
   rules = setup.rules(config)
   train_q = cli.read_jsonl(os.path.join(d, "train.jsonl"))[:config.prep.sft_examples]
   sft = demonstrations(config, workdir, tok, retriever, train_q)
-  docs = [tok.encode(l.strip()) for l in open(os.path.join(d, "pretrain.txt"))]
-  drills = os.path.join(d, "drills.jsonl")
-  if config.prep.drills and os.path.isfile(drills):
-    docs += [tok.encode(r["text"]) for r in cli.read_jsonl(drills)]
-    docs = [docs[i] for i in np.random.default_rng(config.seed).permutation(len(docs))]
+  docs = lm_documents(config, d, tok, ws)
   eos = tok.eos_ids[0]
   lm_rows = lm_data.pack(docs, config.data.seq_len, eos)
   results = {}
   models = {}
   done_f = os.path.join(workdir, "prepare_result.json")
   fresh = not os.path.isfile(done_f)
-  probe_items = probe.items(d, tok, n=config.prep.probe_items, seed=config.seed) if fresh else {}
+  probe_items = probe.items(d, tok, n=config.prep.probe_items, seed=ws) if fresh else {}
 
   def measure(key, graphdef, params):  # base skills, once per preparation
     if fresh:
@@ -170,35 +258,26 @@ def run(config, workdir):
   for which in ("student", "teacher"):
     cfg = model_cfg(config, which, tok)
     graphdef, params, shardings = sharding.create_sharded(
-        lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed + (which == "teacher"))), mesh, rules)
+        lambda: Decoder(cfg, rngs=nnx.Rngs(ws + (which == "teacher"))), mesh, rules)
     _log(f"[prepare] {which}: {cfg.num_params() / 1e6:.2f}M params")
     B = config.prep.batch_size
-    lm_batch = lambda s: {"tokens": lm_rows[lm_data.batch_indices(len(lm_rows), B, s, config.seed)],
+    lm_batch = lambda s: {"tokens": lm_rows[lm_data.batch_indices(len(lm_rows), B, s, ws)],
                           "mask": np.ones((B, lm_rows.shape[1]), np.int32)}
     fc = FitConfig(steps=config.prep.lm_steps, lr=config.prep.lm_lr,
                    warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,
                    ckpt_every=config.train.ckpt_every)
     params, m = fit(f"{which}_lm", workdir, graphdef, params, shardings, mesh, lm_batch, fc,
-                    config.seed, _log)
+                    ws, _log)
     results[f"{which}_lm_loss"] = m.get("loss")
     measure(f"{which}_lm", graphdef, params)
     if which == "teacher":
-      tokens, valid, loss = sft
-
-      lengths = valid.sum(1)
-      caps = lm_data.loss_caps(lengths, loss)
-
-      def sft_batch(s):
-        idx, w = lm_data.length_grouped_batch(lengths, B, s, config.seed + 7)
-        return {"tokens": tokens[idx, :w], "mask": valid[idx, :w], "loss_mask": loss[idx, :w],
-                "loss_idx": lm_data.loss_positions(loss[idx, :w], caps[w])}
-
-      fc = FitConfig(steps=config.prep.sft_steps, lr=config.prep.sft_lr,
-                     warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,
-                     ckpt_every=config.train.ckpt_every)
-      params, m = fit("teacher_sft", workdir, graphdef, params, shardings, mesh, sft_batch, fc,
-                      config.seed, _log)
+      dev_q = cli.read_jsonl(os.path.join(d, "dev.jsonl"))
+      validate = lambda p: evaluate(cfg, graphdef, p, tok, retriever, config,
+                                    dev_q[:config.prep.get("sft_val_questions", 100)])[0]
+      params, m = sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws,
+                              validate)
       results["teacher_sft_loss"] = m.get("loss")
+      results["teacher_sft_steps"] = m.get("steps")
       measure("teacher_sft", graphdef, params)
     models[which] = (cfg, graphdef, params, shardings)
     if jax.process_index() == 0 and not os.path.isfile(
@@ -222,7 +301,8 @@ def run(config, workdir):
 
 
 PREPARED = ("world", "tokenizer", "models/student", "models/teacher", "checkpoints/student_lm",
-            "checkpoints/teacher_lm", "checkpoints/teacher_sft", "prepare_result.json", "tgo")
+            "checkpoints/teacher_lm", "checkpoints/teacher_sft", "eval/teacher_sft_val.json",
+            "prepare_result.json", "tgo")
 
 
 def copy_prepared(src: str, dst: str):

@@ -62,6 +62,7 @@ def ppo_config(c, **over) -> ppo.PPOConfig:
   kw = dict(clip=p.clip, vf_clip=p.vf_clip, ent_coef=p.ent_coef, gamma=p.gamma, lam=p.lam,
             beta=p.beta, kl_estimator=p.kl_estimator, kl_rows=p.kl_rows,
             advantage=p.advantage, grpo_std=p.grpo_std, micro_batches=p.micro_batches,
+            critic_positions=p.critic_positions, kl_loss_estimator=p.kl_loss_estimator,
             impl=c.kernel.impl, chunk=c.kernel.chunk, block=c.kernel.block)
   kw.update(over)
   return ppo.PPOConfig(**kw)

@@ -58,6 +58,12 @@ def _variant(config, **fields):
   return c
 
 
+def _run_config(config, method, ablation, seed):
+  """One run's config: the method and training seed on the shared preparation's world."""
+  return _variant(config, method=method, ablation=ablation, seed=seed,
+                  world=dict(config.world.to_dict(), seed=prepare.world_seed(config)))
+
+
 def _log(msg):
   print(msg, flush=True)
 
@@ -91,7 +97,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
       continue
     prepare.copy_prepared(shared, wd)
     _share_reference_evals(shared, wd)
-    c = _variant(config, method=method, ablation=ablation, seed=seed)
+    c = _run_config(config, method, ablation, seed)
     res = train.run(c, wd)
     _share_reference_evals(wd, shared)
     cli.write_json(out, res)
@@ -105,7 +111,9 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   tables["wall_s"] = round(time.time() - t0, 1)
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
-    files = [os.path.join(workdir, f"seed{s}", f"metrics_rl-{tag(m, a)}.jsonl") for s in seeds]
+    files = [os.path.join(workdir, f"seed{s}",
+                          f"metrics_{train.rl_name(_run_config(config, m, a, s))}.jsonl")
+             for s in seeds]
     series = [cli.read_jsonl(f) for f in files if os.path.isfile(f)]
     if series:
       curves[tag(m, a)] = series

@@ -35,7 +35,7 @@ from dgpo_jax.pipeline import prepare, report
 from dgpo_jax.pipeline.rl_stage import Model, run_rl
 from dgpo_jax.rl import batch as B
 from dgpo_jax.rl import distill
-from dgpo_jax.rollout.engine import RolloutEngine
+from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.train.loop import FitConfig, fit
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
@@ -56,8 +56,10 @@ def plan(config) -> list:
     fail(f"config.ablation={a!r}: expected one of {', '.join(x for x in ABLATIONS if x)}")
   if a and m != "dgpo":
     fail(f"config.ablation={a!r} is an ablation of dgpo; config.method is {m!r}")
-  if config.kd.lam < 0 or config.ppo.beta < 0:
-    fail("kd.lam and ppo.beta must be ≥ 0")
+  if config.kd.lam < 0 or config.ppo.beta < 0 or config.ppo.kl_loss_coef < 0:
+    fail("kd.lam, ppo.beta and ppo.kl_loss_coef must be ≥ 0")
+  if config.ppo.grpo_kl not in ("loss", "reward"):
+    fail(f"config.ppo.grpo_kl={config.ppo.grpo_kl!r}: expected loss or reward")
   lam = 0.0 if m == "sft_ppo" else config.kd.lam
   kd = ("kd", dict(loss=KD_LOSS.get(m, "ce_fkl"), lam=lam))
   teacher_rl = ("rl", dict(kl_target="teacher", kl_rows=config.ppo.kl_rows))
@@ -79,6 +81,9 @@ def plan(config) -> list:
   if m == "ppo":
     return [ref_rl]
   if m == "grpo":
+    if config.ppo.grpo_kl == "loss":  # the reference's use_kl_loss: no KL in the reward
+      return [("rl", dict(kl_target="reference", kl_rows="none", advantage="grpo",
+                          kl_loss_coef=config.ppo.kl_loss_coef))]
     return [("rl", dict(kl_target="reference", kl_rows="all", advantage="grpo"))]
   return [("gkd", {})]
 
@@ -116,6 +121,18 @@ def _write_json(path, obj):
     cli.write_json(path, obj, indent=2)
 
 
+def seed_suffix(config) -> str:
+  """What names a training seed's KD and RL stages apart from another's on the same prepared
+  world: "" when the seed is the world's own (the usual single run), else "-s<seed>"."""
+  return "" if config.seed == prepare.world_seed(config) else f"-s{config.seed}"
+
+
+def rl_name(config) -> str:
+  """The RL stage's checkpoint and metrics name (`metrics_<name>.jsonl`)."""
+  tag = config.method + (f"-{config.ablation}" if config.ablation else "")
+  return f"rl-{tag}{seed_suffix(config)}"
+
+
 def tgo_key(config) -> str:
   """What determines a TGO set (and so the KD run trained on it): its questions and
   sampling temperature."""
@@ -135,13 +152,15 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
     return {k: z[k] for k in z.files}
   n = config.tgo.num_questions
   qs = train_q[:n] if n > 0 else train_q
-  rc = prepare.rollout_config(config)
+  rc = RolloutConfig.from_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(teacher.graphdef, teacher.params,
                                       [q["question"] for q in qs], margin=32)
   sp = SamplingParams(greedy=config.tgo.temperature == 0, temperature=max(
       config.tgo.temperature, 1e-6))
-  trajs = E.rollouts(engine, qs, config.eval.batch_size, rng_seed=config.seed + 31, sp=sp,
+  # TGO belongs to the prepared world (shared by training seeds): drawn with its seed.
+  trajs = E.rollouts(engine, qs, config.eval.batch_size, rng_seed=prepare.world_seed(config) + 31,
+                     sp=sp,
                      label="tgo")
   full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
   stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
@@ -296,7 +315,7 @@ def run(config, workdir):
   def evaluator(m: Model, qs):
     return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs)[0]
 
-  rc = prepare.rollout_config(config)
+  rc = RolloutConfig.from_config(config)
   tag = config.method + (f"-{config.ablation}" if config.ablation else "")
   keep_all = config.tgo.keep_incorrect or config.ablation == "kd_with_incorrect_tgo"
   current, checkpoints, history, names = student.params, {}, {}, {}
@@ -311,17 +330,19 @@ def run(config, workdir):
               f"{tgo_key(config)}")
       if "rl" in names:
         name += f"-after-{names['rl']}"
+      else:
+        name += seed_suffix(config)
       names["kd"] = name
       current, history["kd"] = distill_stage(config, workdir, name, cur, teacher, data,
                                              opt["loss"], opt["lam"], mesh,
                                              evaluator(student, dev_q))
       checkpoints["kd"] = current
     elif kind in ("rl", "gkd"):
-      names["rl"] = f"rl-{tag}"
+      names["rl"] = rl_name(config)
       # PPO's reference model is the policy the RL stage starts from (the SFT/KD student in
       # sft_ppo, the base student in ppo/grpo); DGPO's is the teacher.
       other = teacher if kind == "gkd" or opt["kl_target"] == "teacher" else cur
-      over = {k: v for k, v in opt.items() if k in ("kl_rows", "advantage")}
+      over = {k: v for k, v in opt.items() if k in ("kl_rows", "advantage", "kl_loss_coef")}
       current, last = run_rl(names["rl"], config, workdir, cur, other, (tok, retriever, rc),
                              train_q, mesh, rules, _log, mode="ppo" if kind == "rl" else "gkd",
                              evaluate=evaluator(student, dev_q[:config.eval.rl_val_questions]),
@@ -335,7 +356,7 @@ def run(config, workdir):
   if "kd" in checkpoints:
     evals.append(("student_kd", f"student_{names['kd']}", checkpoints["kd"]))
   if stages[-1][0] != "kd":
-    evals.append(("student_final", f"student_final-{tag}", current))
+    evals.append(("student_final", f"student_final-{tag}{seed_suffix(config)}", current))
   for label, file_label, p in evals:
     if label in ("student_kd", "student_final"):  # the trained students
       export_student(config, workdir, file_label, student, p)

@@ -118,12 +118,24 @@ def grpo_advantages(score_b, group_b, mask_bt, num_groups, eps=1e-6, unbiased=Tr
   return adv[:, None] * mask_bt
 
 
-def whiten(x_bt, mask_bt, eps=1e-8):
-  """Masked whitening (mean 0, std 1 over masked positions)."""
+def whiten(x_bt, mask_bt, eps=1e-8, unbiased=False):
+  """Masked whitening (mean 0, std 1 over masked positions); zero outside the mask.
+  unbiased: the variance with Bessel's correction, as veRL's `masked_whiten`."""
   n = jnp.maximum(mask_bt.sum(), 1.0)
   mean = (x_bt * mask_bt).sum() / n
-  var = (((x_bt - mean) * mask_bt) ** 2).sum() / n
+  var = (((x_bt - mean) * mask_bt) ** 2).sum() / (jnp.maximum(n - 1.0, 1.0) if unbiased else n)
   return (x_bt - mean) * jax.lax.rsqrt(var + eps) * mask_bt
+
+
+def response_masks(gen_bt, input_valid_bt, target_valid_bt):
+  """(targets, inputs) masks [B, T] of a row's response: every position from its first
+  generated target on (observation tokens included), by target validity and by input
+  validity. The second also holds the terminal position (input = the row's last token),
+  where the reference's critic is trained towards a return of 0."""
+  t = jnp.arange(gen_bt.shape[1])[None, :]
+  first = jnp.argmax(gen_bt > 0, axis=1)[:, None]
+  after = (t >= first).astype(jnp.float32)
+  return after * target_valid_bt, after * input_valid_bt
 
 
 # ---------------------------------------------------------------- losses

@@ -39,6 +39,16 @@ class PPOConfig:
   kl_rows: str = "wrong"  # wrong (selective, DGPO) | all (uniform / PPO's ref KL) | none
   advantage: str = "gae"  # gae (critic) | grpo (group-normalized, no critic)
   grpo_std: str = "unbiased"  # GRPO's group std: unbiased (n − 1, the reference) | population
+  # Where the critic learns and advantages are whitened: "generated" tokens only, or the whole
+  # "response" (observations and the terminal position too, GAE unmasked, whitening with the
+  # unbiased variance: the reference's `compute_gae_advantage_return` and `dp_critic`). The
+  # policy loss and the KL reward use generated tokens either way.
+  critic_positions: str = "generated"
+  # KL as a loss (the reference's `use_kl_loss`, how Search-R1's GRPO applies its KL): > 0 adds
+  # kl_loss_coef × the token-mean KL estimate (`kl_loss_estimator`, from the current policy's
+  # log-probs, so it is differentiated) to the actor loss, and the reward carries no KL.
+  kl_loss_coef: float = 0.0
+  kl_loss_estimator: str = "low_var_kl"
   whiten: bool = True
   micro_batches: int = 1
   impl: str = "jnp"  # fused_kl implementation
@@ -55,6 +65,13 @@ class PPOConfig:
       raise ValueError(f"ppo.advantage={self.advantage!r}: expected gae or grpo")
     if self.grpo_std not in ("unbiased", "population"):
       raise ValueError(f"ppo.grpo_std={self.grpo_std!r}: expected unbiased or population")
+    if self.kl_loss_estimator not in algos.KL_ESTIMATORS or self.kl_loss_estimator == "full":
+      raise ValueError(f"ppo.kl_loss_estimator={self.kl_loss_estimator!r}: expected one of "
+                       f"{sorted(set(algos.KL_ESTIMATORS) - {'full'})} (a sampled-token "
+                       f"estimator: the update has no reference hidden states)")
+    if self.critic_positions not in ("generated", "response"):
+      raise ValueError(f"ppo.critic_positions={self.critic_positions!r}: expected generated or "
+                       f"response")
 
   @property
   def use_critic(self) -> bool:
@@ -87,8 +104,17 @@ def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: i
     last = batch["last"][:, 1:].astype(jnp.float32)
     st = _stats(actor_gd, actor_p, other_gd, other_p, inputs, targets, valid, cfg)
     kl = algos.KL_ESTIMATORS[cfg.kl_estimator](st["logp_s"], st["logp_t"], st["kl_st"])
-    rewards = algos.token_rewards(batch["score"], last, kl, gen, cfg.beta, cfg.kl_rows)
-    if cfg.use_critic:
+    rows = "none" if cfg.kl_loss_coef > 0 else cfg.kl_rows  # with a KL loss, none in the reward
+    rewards = algos.token_rewards(batch["score"], last, kl, gen, cfg.beta, rows)
+    vmask = gen
+    if cfg.use_critic and cfg.critic_positions == "response":
+      resp, vmask = algos.response_masks(gen, valid.astype(jnp.float32),
+                                         batch["mask"][:, 1:].astype(jnp.float32))
+      values = values_of(critic_gd, critic_p, inputs, valid) * vmask
+      adv, returns = algos.gae(rewards, values, jnp.ones_like(gen), cfg.gamma, cfg.lam)
+      returns = returns * vmask
+      adv = algos.whiten(adv, resp, unbiased=True) if cfg.whiten else adv * resp
+    elif cfg.use_critic:
       values = values_of(critic_gd, critic_p, inputs, valid) * gen
       adv, returns = algos.gae(rewards, values, gen, cfg.gamma, cfg.lam)
       if cfg.whiten:
@@ -103,7 +129,10 @@ def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: i
       returns = jnp.zeros_like(gen)
     finite = jnp.isfinite(adv).all() & jnp.isfinite(returns).all()
     out = {"old_logp": st["logp_s"] * gen, "adv": jnp.where(finite, adv, 0.0),
-           "returns": jnp.where(finite, returns, 0.0), "old_values": values, "gen": gen}
+           "returns": jnp.where(finite, returns, 0.0), "old_values": values, "gen": gen,
+           "vmask": vmask}
+    if cfg.kl_loss_coef > 0:
+      out["ref_logp"] = st["logp_t"] * gen
     metrics = {"kl": algos.masked_mean(kl, gen),
                "kl_full": algos.masked_mean(st["kl_st"], gen),
                "entropy": algos.masked_mean(st["ent_s"], gen),
@@ -126,7 +155,8 @@ def make_update(actor_gd, critic_gd, tx_actor, tx_critic, cfg: PPOConfig, state_
                 batch_sh=None):
   """The jitted PPO mini-batch update `(state, batch, rng) -> (state, metrics)`.
 
-  batch: tokens, mask (as for `experience`), old_logp, adv, returns, old_values, gen [B, T].
+  batch: tokens, mask (as for `experience`), old_logp, adv, returns, old_values, gen,
+  (optional, else gen) vmask and, with `kl_loss_coef` > 0, ref_logp [B, T].
   B must divide into `cfg.micro_batches` (gradients are accumulated over them).
   """
   use_critic = cfg.use_critic
@@ -139,10 +169,15 @@ def make_update(actor_gd, critic_gd, tx_actor, tx_critic, cfg: PPOConfig, state_
     ent = algos.masked_mean(st["ent_s"], gen)
     actor_loss = pg - cfg.ent_coef * ent
     m = {"pg_loss": pg, "entropy": ent, **pm}
+    if cfg.kl_loss_coef > 0:
+      kld = algos.KL_ESTIMATORS[cfg.kl_loss_estimator](st["logp_s"], mb["ref_logp"], None)
+      m["kl_loss"] = algos.masked_mean(kld, gen)
+      actor_loss = actor_loss + cfg.kl_loss_coef * m["kl_loss"]
     if use_critic:
       values = values_of(critic_gd, critic_p, inputs, valid)
-      vl, vm = algos.value_loss(values, mb["old_values"], mb["returns"], gen, cfg.vf_clip)
-      m.update(vf_loss=vl, explained_var=algos.explained_variance(values, mb["returns"], gen),
+      vmask = mb.get("vmask", gen)  # the positions the critic learns (cfg.critic_positions)
+      vl, vm = algos.value_loss(values, mb["old_values"], mb["returns"], vmask, cfg.vf_clip)
+      m.update(vf_loss=vl, explained_var=algos.explained_variance(values, mb["returns"], vmask),
                **vm)
       return actor_loss + cfg.vf_coef * vl, m
     return actor_loss, m

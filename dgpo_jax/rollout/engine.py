@@ -35,6 +35,31 @@ class RolloutConfig:
   topk: int = 3
   max_doc_chars: int = 4000  # retrieved text is untrusted: bounded before tokenization
   max_query_chars: int = 1024
+  # Tokens a row's context (prompt, turns, observations) may hold; 0 = as many as every turn
+  # and observation need. A row whose next observation and turn would not fit ends, flagged
+  # `context_full` (the reference caps its rolling context at 4,096 tokens).
+  max_context: int = 0
+
+  @classmethod
+  def from_config(cls, config) -> "RolloutConfig":
+    """From a run config's `rollout` section (and `retrieval.topk`)."""
+    r = config.rollout
+    return cls(max_turns=r.max_turns, max_turn_tokens=r.max_turn_tokens,
+               max_obs_tokens=r.max_obs_tokens, topk=config.retrieval.topk,
+               max_context=r.get("max_context", 0))
+
+  def cache_needed(self, longest_prompt: int) -> int:
+    """KV-cache slots a rollout needs for a prompt of `longest_prompt` tokens: every turn at
+    its token budget plus every observation (at least 128 slots each), at most
+    `max_context`."""
+    need = longest_prompt + (self.max_turns + 1) * self.max_turn_tokens + self.max_turns * max(
+        self.max_obs_tokens, 128)
+    if self.max_context > 0:
+      if longest_prompt + self.max_turn_tokens > self.max_context:
+        raise DgpoError(f"rollout.max_context={self.max_context} leaves no room for a turn of "
+                        f"{self.max_turn_tokens} tokens after a prompt of {longest_prompt}")
+      need = min(need, self.max_context)
+    return need
 
 
 @dataclasses.dataclass
@@ -87,11 +112,7 @@ class RolloutEngine:
     self.eos = set(tokenizer.eos_ids)
 
   def cache_needed(self, longest_prompt: int) -> int:
-    """KV-cache slots a rollout needs for a prompt of `longest_prompt` tokens: every turn at
-    its token budget plus every observation (at least 128 slots each)."""
-    cfg = self.cfg
-    return longest_prompt + (cfg.max_turns + 1) * cfg.max_turn_tokens + cfg.max_turns * max(
-        cfg.max_obs_tokens, 128)
+    return self.cfg.cache_needed(longest_prompt)
 
   def sampler_for(self, graphdef, params, questions: Sequence[str], margin: int = 0) -> Sampler:
     """A Sampler whose (bucketed) cache fits rollouts of `questions` (+ `margin` prompt
@@ -143,7 +164,7 @@ class RolloutEngine:
     cfg, s = self.cfg, self.sampler
     trajs = [Trajectory(q, self.prompt_ids(q)) for q in questions]
     longest = max(len(t.prompt_ids) for t in trajs)
-    need = self.cache_needed(longest) + (cfg.max_obs_tokens if contexts is not None else 0)
+    need = self.cache_needed(longest + (cfg.max_obs_tokens if contexts is not None else 0))
     if need > s.cache_size:
       raise DgpoError(f"rollout needs a cache of {need} tokens (prompt {longest} + turns), the "
                       f"sampler has {s.cache_size}; raise it or lower max_turns/max_turn_tokens")
@@ -213,7 +234,7 @@ class RolloutEngine:
       sub = s.set_lengths(sub, lengths)
       if obs_rows:
         chunks = self._observations([trajs[live[r]] for r in obs_rows], queries)
-        room = s.cache_size - lengths
+        room = min(s.cache_size, cfg.max_context or s.cache_size) - lengths
         full = [[] for _ in range(len(idx))]
         for r, ch in zip(obs_rows, chunks):
           t = trajs[live[r]]

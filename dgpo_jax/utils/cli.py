@@ -12,6 +12,16 @@ def setup_logging():
   absl_logging.set_verbosity(absl_logging.WARNING)
 
 
+def add_xla_flags(flags: str):
+  """Appends `flags` to $XLA_FLAGS (skipping any already there); XLA reads them when the
+  backend starts, so call this before the first array is made."""
+  import os
+  have = os.environ.get("XLA_FLAGS", "").split()
+  new = [f for f in flags.split() if f not in have]
+  if new:
+    os.environ["XLA_FLAGS"] = " ".join(have + new)
+
+
 def run(fn, argv, *args):
   """A CLI's body: refuses stray arguments, quiets logging, and turns a DgpoError into one
   line on stderr and exit status 2."""

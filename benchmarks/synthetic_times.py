@@ -1,0 +1,98 @@
+"""Wall times of the embedded default's runs against the budgets of issue "Students that learn"
+(item 5), each a real `main` / `tables` process started from empty caches where the budget
+says so.
+
+    python -m benchmarks.synthetic_times --workdir=DIR [--only=first,method,seed,smoke,tables]
+        [--set=k=v ...] [--out=benchmarks/results/synthetic_times_cpu.json]
+
+  smoke   `main --config=configs/synthetic.py:smoke` in a fresh workdir, empty XLA cache (≤ 2 min)
+  first   `main --config=configs/synthetic.py` in a fresh workdir, empty XLA cache (≤ 20 min)
+  method  then `--config.method=sft_ppo` in the same workdir: a method with its own
+          distillation stage and RL, preparation and TGO reused (≤ 5 min)
+  seed    then `--config.seed=1 --config.world.seed=0` in the same workdir: another training
+          seed on the prepared world (its own KD and RL; ≤ 5 min)
+  tables  `tables --config=configs/synthetic.py:tables` in a fresh workdir, empty XLA cache
+          (≤ 90 min; not in the default set)
+
+`method` and `seed` reuse the compilation cache that `first` filled, as a user's second run
+does. Every figure comes with the run's test EMs, so a time is never quoted for a run whose
+students did not learn. Prints JSON (and writes it to --out).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.common import emit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUDGET_S = {"smoke": 120, "first": 1200, "method": 300, "seed": 300, "tables": 5400}
+DEFAULT = ("smoke", "first", "method", "seed")
+
+
+def _timed(args, env, log):
+  cmd = [sys.executable, "-m", *args]
+  log("[synthetic_times] " + " ".join(cmd[2:]))
+  t0 = time.time()
+  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  wall = round(time.time() - t0, 1)
+  if r.returncode:
+    raise SystemExit(f"error: {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+  return wall
+
+
+def _ems(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  return {k: round(v["avg"], 3) for k, v in res["test"].items()}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", required=True, help="an empty directory for the runs")
+  ap.add_argument("--only", default=",".join(DEFAULT))
+  ap.add_argument("--set", action="append", default=[], help="a config override k=v, all runs")
+  ap.add_argument("--out", default=None)
+  a = ap.parse_args()
+  want = [x for x in a.only.split(",") if x]
+  unknown = set(want) - set(BUDGET_S)
+  if unknown:
+    sys.exit(f"error: --only: unknown runs {sorted(unknown)} (known: {', '.join(BUDGET_S)})")
+  log = lambda m: print(m, file=sys.stderr, flush=True)
+  sets = [f"--config.{s}" for s in a.set]
+  out = {"benchmark": "synthetic_times", "cpus": os.cpu_count(), "overrides": a.set,
+         "budget_s": {k: BUDGET_S[k] for k in want}, "runs": {}}
+
+  def run(key, args, workdir, cache, ems=True):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
+    wall = _timed(args + [f"--workdir={workdir}"] + sets, env, log)
+    row = {"command": "python -m " + " ".join(args + sets), "wall_s": wall,
+           "within_budget": wall <= BUDGET_S[key]}
+    if ems:
+      row["test_em"] = _ems(workdir)
+    out["runs"][key] = row
+    log(f"[synthetic_times] {key}: {wall:.0f} s (budget {BUDGET_S[key]} s)")
+
+  main_cfg = ["dgpo_jax.main", "--config=configs/synthetic.py"]
+  if "smoke" in want:
+    run("smoke", ["dgpo_jax.main", "--config=configs/synthetic.py:smoke"],
+        os.path.join(a.workdir, "smoke"), os.path.join(a.workdir, "xla_smoke"))
+  default, cache = os.path.join(a.workdir, "default"), os.path.join(a.workdir, "xla_default")
+  if "first" in want:
+    run("first", main_cfg, default, cache)
+  if "method" in want:
+    run("method", main_cfg + ["--config.method=sft_ppo"], default, cache)
+  if "seed" in want:
+    run("seed", main_cfg + ["--config.seed=1", "--config.world.seed=0"], default, cache)
+  if "tables" in want:
+    tables = os.path.join(a.workdir, "tables")
+    run("tables", ["dgpo_jax.tables", "--config=configs/synthetic.py:tables"], tables,
+        os.path.join(a.workdir, "xla_tables"), ems=False)
+  emit(out, a.out)
+
+
+if __name__ == "__main__":
+  main()
