@@ -10,15 +10,15 @@ split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about 25-30 min on 2 CPU cores (600 SFT steps, 20 KD epochs): not yet timed alone
-      # (stage times in docs/synthetic.md)
+      # about an hour on 2 CPU cores (62-63 min for seeds 0 and 1 run side by side, teacher
+      # SFT the longest stage; docs/synthetic.md)
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # 81 s (34 s with a warm XLA cache): a small world, a few steps per stage (the tests' config)
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
       # every method and ablation × 3 seeds, one shared preparation: 29.5 min when the
-      # teacher's SFT was 300 steps (docs/results.md); not re-timed with the default's 600
+      # teacher's SFT was 300 steps (docs/results.md); not re-timed since
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
       # the plain LM stage on the real Wikipedia sample (~70 s)
 """
@@ -67,10 +67,10 @@ def get_config(arg: str = ""):
   c.eval.update(num_questions=400, val_questions=50, rl_val_questions=50, batch_size=64)
   c.train.log_every = 25
   c.train.ckpt_every = 100
-  # TGO over the whole training split (1,540 questions), not 600 of them: the KD student
+  # TGO over the whole training split (1,400 questions on seed 0), not 600 of them: the KD student
   # learns more from the larger set (measured side by side in docs/synthetic.md).
   c.tgo.update(num_questions=0, temperature=0.0)
-  # 20 KD epochs (about 1,500 steps over the whole-split TGO), not the paper's 5: the student's
+  # Up to 20 KD epochs (85 steps each over seed 0's TGO), not the paper's 5: the student's
   # validation EM stays near 0.1 until it jumps at a step threshold (epoch 7 of 12 on seed 0;
   # on seed 1 never within 12 epochs, epoch 10 of 20; docs/synthetic.md). The paper's 5 epochs
   # run over ~20x more TGO trajectories.
