@@ -69,15 +69,8 @@ def main():
     dummy = lambda s: {"tokens": np.zeros((p.batch_size, 2), np.int32),
                        "mask": np.ones((p.batch_size, 2), np.int32)}
     params, _ = fit("student_lm", w, gd, params, sh, mesh, dummy, lm_fc, c.seed, lambda m: None)
-    tokens, valid, loss = (sft[k][keep] for k in ("tokens", "mask", "loss_mask"))
-    lengths = valid.sum(1)
-    caps = lm_data.loss_caps(lengths, loss)
-
-    def batch(s):
-      idx, width = lm_data.length_grouped_batch(lengths, p.batch_size, s, c.seed + 7)
-      return {"tokens": tokens[idx, :width], "mask": valid[idx, :width],
-              "loss_mask": loss[idx, :width],
-              "loss_idx": lm_data.loss_positions(loss[idx, :width], caps[width])}
+    batch = lm_data.masked_batches(*(sft[k][keep] for k in ("tokens", "mask", "loss_mask")),
+                                   p.batch_size, c.seed + 7)
 
     res = {"rows": int(len(keep))}
     for steps in (a.steps // 2, a.steps):

@@ -71,16 +71,9 @@ def main():
   params, _ = fit(a.init, w, gd, params, sh, mesh, dummy,
                   FitConfig(steps=c.prep.lm_steps, lr=c.prep.lm_lr), 0, lambda m: None)
   sft = np.load(glob.glob(os.path.join(w, "world", "sft_*.npz"))[0])
-  tokens, valid, loss = sft["tokens"], sft["mask"], sft["loss_mask"]
-  lengths = valid.sum(1)
-  caps = lm_data.loss_caps(lengths, loss)
   seed = prepare.world_seed(c)
-
-  def batch(s):
-    idx, width = lm_data.length_grouped_batch(lengths, c.prep.batch_size, s, seed + 7)
-    return {"tokens": tokens[idx, :width], "mask": valid[idx, :width],
-            "loss_mask": loss[idx, :width],
-            "loss_idx": lm_data.loss_positions(loss[idx, :width], caps[width])}
+  batch = lm_data.masked_batches(sft["tokens"], sft["mask"], sft["loss_mask"],
+                                 c.prep.batch_size, seed + 7)
 
   dev = cli.read_jsonl(os.path.join(w, "world", "dev.jsonl"))[:a.dev]
   out_dir = os.path.join(w, "teacher_sft_bench", a.name)

@@ -114,6 +114,23 @@ def _grouped_order(lengths_bytes, n, batch_size, epoch, seed, group):
   return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def masked_batches(tokens: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray,
+                   batch_size: int, seed: int):
+  """`step -> batch` over a set of [N, T+1] rows trained on masked targets (SFT, KD): rows
+  grouped by length and cut to their batch width (`length_grouped_batch`), the loss positions
+  listed as `loss_idx` with one count per width (`loss_caps`, `loss_positions`)."""
+  lengths = np.asarray(mask).sum(1)
+  caps = loss_caps(lengths, loss_mask)
+
+  def batch(step):
+    idx, w = length_grouped_batch(lengths, batch_size, step, seed)
+    lm = loss_mask[idx, :w]
+    return {"tokens": tokens[idx, :w], "mask": mask[idx, :w], "loss_mask": lm,
+            "loss_idx": loss_positions(lm, caps[w])}
+
+  return batch
+
+
 def loss_caps(lengths: Sequence[int], loss_mask: np.ndarray, multiple: int = 64,
               k_multiple: int = 32) -> dict:
   """{batch width: K}: the most loss positions any row fitting that width holds (rounded

@@ -158,15 +158,7 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
   reads them back). Returns (params, last metrics with "steps").
   """
   p = config.prep
-  tokens, valid, loss = sft
-  lengths = valid.sum(1)
-  caps = lm_data.loss_caps(lengths, loss)
-
-  def sft_batch(s):
-    idx, w = lm_data.length_grouped_batch(lengths, p.batch_size, s, ws + 7)
-    return {"tokens": tokens[idx, :w], "mask": valid[idx, :w], "loss_mask": loss[idx, :w],
-            "loss_idx": lm_data.loss_positions(loss[idx, :w], caps[w])}
-
+  sft_batch = lm_data.masked_batches(*sft, p.batch_size, ws + 7)
   target = p.get("sft_target_em", 0.0)
   ends = [p.sft_steps]
   if target > 0:

@@ -127,10 +127,14 @@ def seed_suffix(config) -> str:
   return "" if config.seed == prepare.world_seed(config) else f"-s{config.seed}"
 
 
+def method_tag(config) -> str:
+  """`<method>[-<ablation>]`: what names a run's RL stage and final student."""
+  return config.method + (f"-{config.ablation}" if config.ablation else "")
+
+
 def rl_name(config) -> str:
   """The RL stage's checkpoint and metrics name (`metrics_<name>.jsonl`)."""
-  tag = config.method + (f"-{config.ablation}" if config.ablation else "")
-  return f"rl-{tag}{seed_suffix(config)}"
+  return f"rl-{method_tag(config)}{seed_suffix(config)}"
 
 
 def tgo_key(config) -> str:
@@ -159,9 +163,8 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
   sp = SamplingParams(greedy=config.tgo.temperature == 0, temperature=max(
       config.tgo.temperature, 1e-6))
   # TGO belongs to the prepared world (shared by training seeds): drawn with its seed.
-  trajs = E.rollouts(engine, qs, config.eval.batch_size, rng_seed=prepare.world_seed(config) + 31,
-                     sp=sp,
-                     label="tgo")
+  trajs = E.rollouts(engine, qs, config.eval.batch_size,
+                     rng_seed=prepare.world_seed(config) + 31, sp=sp, label="tgo")
   full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
   stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
            **B.rollout_metrics(trajs, full["score"])}
@@ -205,14 +208,8 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
                               alpha=k.skew_alpha, total_steps=total, impl=config.kernel.impl,
                               chunk=config.kernel.chunk, block=config.kernel.block)
 
-  lengths = data["mask"].sum(1)
-  caps = lm_data.loss_caps(lengths, data["gen"])
-
-  def batch_fn(step):
-    idx, w = lm_data.length_grouped_batch(lengths, bs, step, config.seed + 23)
-    return {"tokens": data["tokens"][idx, :w], "mask": data["mask"][idx, :w],
-            "loss_mask": data["gen"][idx, :w], "step": np.full((bs,), step, np.int32),
-            "loss_idx": lm_data.loss_positions(data["gen"][idx, :w], caps[w])}
+  rows = lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs, config.seed + 23)
+  batch_fn = lambda step: dict(rows(step), step=np.full((bs,), step, np.int32))
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
   history = json.load(open(val_f)) if os.path.isfile(val_f) else []
@@ -316,7 +313,7 @@ def run(config, workdir):
     return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs)[0]
 
   rc = RolloutConfig.from_config(config)
-  tag = config.method + (f"-{config.ablation}" if config.ablation else "")
+  tag = method_tag(config)
   keep_all = config.tgo.keep_incorrect or config.ablation == "kd_with_incorrect_tgo"
   current, checkpoints, history, names = student.params, {}, {}, {}
   for kind, opt in stages:
