@@ -6,9 +6,7 @@
 Rerunning the same command resumes from the last checkpoint in DIR.
 """
 
-import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,36 +27,32 @@ STAGES = ("train", "prepare", "lm", "generate")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dgpo_jax.utils import cli
   cli.add_xla_flags(FLAGS.config.get("xla_flags", ""))
-  cli.setup_logging()
-  cli.compilation_cache(cli.default_xla_cache() if FLAGS.xla_cache is None else FLAGS.xla_cache)
-  config = FLAGS.config
+  cli.run(_run, argv, FLAGS.config, FLAGS.workdir)
+
+
+def _run(config, workdir):
+  from dgpo_jax.utils import cli
   from dgpo_jax.utils.errors import DgpoError
-  try:
-    from dgpo_jax.parallel import distributed
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    distributed.check_same_config(config)
-    if config.stage not in STAGES:
-      raise DgpoError(f"config.stage={config.stage!r}: expected one of {', '.join(STAGES)}")
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    if distributed.jax.process_index() == 0:
-      with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
-    if config.stage == "train":
-      from dgpo_jax.pipeline import train
-      train.run(config, FLAGS.workdir)
-    elif config.stage == "prepare":
-      from dgpo_jax.pipeline import prepare
-      prepare.run(config, FLAGS.workdir)
-    else:
-      from dgpo_jax.pipeline import lm_stage
-      lm_stage.run(config, FLAGS.workdir)
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.compilation_cache(cli.default_xla_cache() if FLAGS.xla_cache is None else FLAGS.xla_cache)
+  from dgpo_jax.parallel import distributed
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.check_same_config(config)
+  if config.stage not in STAGES:
+    raise DgpoError(f"config.stage={config.stage!r}: expected one of {', '.join(STAGES)}")
+  cli.makedirs(workdir)
+  if distributed.jax.process_index() == 0:
+    cli.write_json(os.path.join(workdir, "config.json"), config.to_dict(), indent=2)
+  if config.stage == "train":
+    from dgpo_jax.pipeline import train
+    train.run(config, workdir)
+  elif config.stage == "prepare":
+    from dgpo_jax.pipeline import prepare
+    prepare.run(config, workdir)
+  else:
+    from dgpo_jax.pipeline import lm_stage
+    lm_stage.run(config, workdir)
 
 
 if __name__ == "__main__":

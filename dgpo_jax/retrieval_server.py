@@ -5,19 +5,27 @@
 `POST /retrieve` with `{"queries": [...], "topk": 3, "return_scores": true}` answers
 `{"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}` (without scores:
 `{"result": [[{"id", "contents"}, ...], ...]}`), as Search-R1's own server does, so either side
-can be swapped. `GET /health` answers `{"status": "ok", ...}`. Bad requests (malformed JSON,
-too many queries, empty or over-long queries, bad topk, oversized bodies) get HTTP 400 with a
-message; they never affect other requests. Binds to 127.0.0.1 unless told otherwise.
+can be swapped. `GET /health` answers `{"status": "ok", ...}`. Binds to 127.0.0.1 unless told
+otherwise.
+
+Every request gets an HTTP answer with a one-line JSON `error`: malformed or too deeply nested
+JSON and bad fields (too many, empty or over-long queries, bad topk) → 400; a body over
+MAX_BODY_BYTES → 413 (the body read and dropped first, then the connection closed); no
+Content-Length → 411; unknown paths → 404; other methods on a known path → 405. A client
+that disconnects mid-request or mid-response costs one log line; the server keeps serving.
 """
 
 import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from absl import app, flags
 
 MAX_BODY_BYTES = 1 << 20
+DRAIN_BYTES = 64 << 20  # an oversized body up to this is read and dropped before the 413
+IDLE_TIMEOUT_S = 120
 
 
 class Limits:
@@ -47,47 +55,69 @@ def validate(payload, limits: Limits):
   return queries, topk, bool(payload.get("return_scores", False))
 
 
+ROUTES = {"/retrieve": "POST", "/health": "GET"}
+
+
 def make_server(retriever, host="127.0.0.1", port=8000, limits: Limits = Limits(), quiet=True):
   """A ThreadingHTTPServer answering the Search-R1 contract (call serve_forever / shutdown)."""
 
   class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S  # a stalled or idle connection is closed, its thread freed
 
     def log_message(self, fmt, *args):
       if not quiet:
         super().log_message(fmt, *args)
 
-    def _send(self, code, obj):
+    def _send(self, code, obj, close=False, headers=()):
       body = json.dumps(obj).encode("utf-8")
+      if close:
+        self.close_connection = True
       self.send_response(code)
       self.send_header("Content-Type", "application/json")
       self.send_header("Content-Length", str(len(body)))
+      for k, v in headers:
+        self.send_header(k, v)
+      if close:
+        self.send_header("Connection", "close")
       self.end_headers()
-      self.wfile.write(body)
+      if self.command != "HEAD":
+        self.wfile.write(body)
+
+    def _route(self) -> bool:
+      """Answers 404/405 unless the request's path and method are served; True if served."""
+      path = urlsplit(self.path).path
+      if path not in ROUTES:
+        self._send(404, {"error": f"no route {self.path[:200]}"})
+        return False
+      if self.command != ROUTES[path]:
+        self._send(405, {"error": f"{self.command} {path}: use {ROUTES[path]}"},
+                   headers=[("Allow", ROUTES[path])])
+        return False
+      return True
+
+    def __getattr__(self, name):  # any other method (PUT, DELETE, HEAD, ...): 404 or 405
+      if name.startswith("do_"):
+        return self._route
+      raise AttributeError(name)
 
     def do_GET(self):
-      if self.path == "/health":
+      if self._route():
         self._send(200, {"status": "ok", "kind": getattr(retriever, "kind", None),
                          "num_docs": len(retriever.docs) if hasattr(retriever, "docs") else None})
-      else:
-        self._send(404, {"error": f"no route GET {self.path}"})
 
     def do_POST(self):
-      if self.path != "/retrieve":
-        self._send(404, {"error": f"no route POST {self.path}"})
+      if not self._route():
         return
-      try:
-        n = int(self.headers.get("Content-Length", "0"))
-      except ValueError:
-        n = -1
-      if n < 0 or n > MAX_BODY_BYTES:
-        self.close_connection = True
-        self._send(400, {"error": f"body must have a Content-Length ≤ {MAX_BODY_BYTES} bytes"})
+      raw = self._body()
+      if raw is None:
         return
-      raw = self.rfile.read(n)
       try:
         payload = json.loads(raw.decode("utf-8"))
         queries, topk, with_scores = validate(payload, limits)
+      except RecursionError:
+        self._send(400, {"error": "malformed JSON: nested too deeply"})
+        return
       except (UnicodeDecodeError, json.JSONDecodeError) as e:
         self._send(400, {"error": f"malformed JSON: {e}"})
         return
@@ -108,6 +138,37 @@ def make_server(retriever, host="127.0.0.1", port=8000, limits: Limits = Limits(
           out.append([{"id": d.id, "contents": d.contents} for d in docs])
       self._send(200, {"result": out})
 
+    def _body(self):
+      """The request body, or None once an error has been answered (length missing, bad or
+      over MAX_BODY_BYTES: read and discarded up to DRAIN_BYTES so the client sees the
+      answer rather than a reset, then the connection is closed)."""
+      if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        self._send(411, {"error": "send a Content-Length (chunked bodies are not accepted)"},
+                   close=True)
+        return None
+      try:
+        n = int(self.headers.get("Content-Length", "0"))
+      except ValueError:
+        n = -1
+      if n < 0:
+        self._send(400, {"error": "Content-Length must be a non-negative integer"}, close=True)
+        return None
+      if n > MAX_BODY_BYTES:
+        left = n if n <= DRAIN_BYTES else 0
+        while left > 0:
+          chunk = self.rfile.read(min(left, 1 << 16))
+          if not chunk:
+            break
+          left -= len(chunk)
+        self._send(413, {"error": f"body of {n} bytes is over the limit of {MAX_BODY_BYTES}"},
+                   close=True)
+        return None
+      raw = self.rfile.read(n)
+      if len(raw) < n:  # the client went away mid-body: nobody to answer
+        self.close_connection = True
+        raise ConnectionResetError(f"body ended after {len(raw)} of {n} bytes")
+      return raw
+
   return _Server((host, port), Handler)
 
 
@@ -116,6 +177,16 @@ class _Server(ThreadingHTTPServer):
   # at once (the 32-client load test saw a connection reset); the kernel caps it anyway.
   request_queue_size = 1024
   daemon_threads = True
+
+  def handle_error(self, request, client_address):
+    """One line per failed connection (a client that went away, a stalled one, a bug),
+    never a traceback; the server keeps serving."""
+    e = sys.exc_info()[1]
+    who = f"{client_address[0]}:{client_address[1]}" if isinstance(client_address, tuple) else ""
+    what = ("client disconnected" if isinstance(e, (ConnectionError, TimeoutError))
+            else "request failed")
+    print(f"[retrieval_server] {who}: {what} ({type(e).__name__}: {e})", file=sys.stderr,
+          flush=True)
 
 
 def serve_in_thread(retriever, host="127.0.0.1", port=0, limits: Limits = Limits()):

@@ -26,6 +26,12 @@ needs_smollm2 = pytest.mark.skipif(
 needs_shared = pytest.mark.skipif(not os.path.isfile(WIKI), reason="../shared/data not present")
 
 
+def pytest_collection_modifyitems(config, items):
+  for item in items:  # see pytest.ini: one xdist worker builds and reads the smoke run
+    if "smoke_run" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.xdist_group("smoke"))
+
+
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: starts processes of its own (`main`, 2-process runs) or uses the shared smoke run; "

@@ -3,13 +3,16 @@ as one process × 8 devices, with the same numbers; disagreeing configs are refu
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import ROOT, copy_prepared, needs_shared
+from test_reliability import KD
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
         "--config.train.batch_size=8", "--config.train.warmup_steps=2",
@@ -101,9 +104,10 @@ def test_two_processes_roll_out_their_own_share(tmp_path):
 @pytest.mark.slow
 def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
   """The smoke DGPO run (KD, on-policy RL with rollouts, evaluations) on 2 processes × 1
-  device, from the shared smoke run's preparation and TGO: KD losses and the greedy test
-  evaluations of the untrained student, the teacher and the KD student equal the
-  1-process × 2-device run's. (RL samples with one stream per host, so its numbers differ.)"""
+  device, from the shared smoke run's preparation and TGO, preempted once in KD (SIGTERM to
+  one process) and resumed: KD losses and the greedy test evaluations of the untrained
+  student, the teacher and the KD student equal the 1-process × 2-device run's. (RL samples
+  with one stream per host, so its numbers differ.)"""
   wd = tmp_path / "mp"
   copy_prepared(smoke_run, wd)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -112,16 +116,31 @@ def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
          f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
          "--config.ppo.steps=1", "--config.ppo.val_every=0",
          "--config.eval.arcap_thinking=False"]
-  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  for rc, so, se in _wait(procs):
+  start = lambda: [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for i in range(2)]
+  # Preemption: the notice (SIGTERM) reaches process 1 only, as KD starts; both processes
+  # must stop after the same step, write one checkpoint and exit 75.
+  procs = start()
+  kd_dir = wd / "checkpoints" / KD
+  t0 = time.time()
+  while not kd_dir.is_dir() and time.time() - t0 < 300 and procs[1].poll() is None:
+    time.sleep(0.02)
+  procs[1].send_signal(signal.SIGTERM)
+  res = _wait(procs)
+  assert [rc for rc, _, _ in res] == [75, 75], [r[2][-2000:] for r in res]
+  stopped = {line.split("checkpointed at step ")[1].split(";")[0]
+             for _, _, se in res for line in se.splitlines() if "[preemption] preempted:" in line}
+  assert len(stopped) == 1 and int(stopped.pop()) in [
+      int(x) for x in os.listdir(kd_dir) if x.isdigit()]
+  for rc, so, se in _wait(start()):  # the same command resumes
     assert rc == 0, se[-3000:]
   kd = [f for f in os.listdir(smoke_run) if f.startswith("metrics_kd")]
   assert kd
   rows = lambda d: [json.loads(l) for l in open(d / kd[0])]
-  for a, b in zip(rows(wd), rows(smoke_run), strict=True):
-    assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) < 1e-5 * max(1, abs(b["loss"]))
+  mp = {r["step"]: r for r in rows(wd)}  # (+ a row where the preempted run stopped)
+  for b in rows(smoke_run):
+    assert abs(mp[b["step"]]["loss"] - b["loss"]) < 1e-5 * max(1, abs(b["loss"])), b["step"]
   same = [f for f in os.listdir(smoke_run / "eval") if f.startswith("test_") and "final" not in f]
   assert len(same) == 3
   def evaluation(path):  # ARCap's Thinking is not run here

@@ -1,5 +1,5 @@
-"""Reliability: SIGKILL and resume, corrupted checkpoints, determinism of results.json,
-numerical guards, and the retrieval server under load."""
+"""Reliability: SIGKILL, SIGTERM (preemption) and resume, corrupted checkpoints, determinism
+of results.json, numerical guards, and the retrieval server under load."""
 
 import json
 import os
@@ -51,6 +51,28 @@ def _kill_when(workdir, ready, rng, timeout=300):
   return False
 
 
+def _term_when(workdir, ready, twice=False, timeout=300):
+  """Starts `main` and sends SIGTERM (the preemption notice) once `ready()` holds, twice if
+  asked; `main` must then checkpoint and exit 75. Returns its stderr."""
+  p = _start(workdir)
+  t0 = time.time()
+  while p.poll() is None and not ready() and time.time() - t0 < timeout:
+    time.sleep(0.02)
+  p.send_signal(signal.SIGTERM)
+  if twice:
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=timeout)
+  assert p.returncode == 75, err[-3000:]
+  assert "[preemption] preempted:" in err and "Traceback" not in err, err[-3000:]
+  return err
+
+
+def _stopped_at(err):
+  line = [l for l in err.splitlines() if "[preemption] preempted:" in l][-1]
+  return int(line.split("checkpointed at step ")[1].split(";")[0])
+
+
 def _all_complete_checkpoints_readable(workdir):
   root = os.path.join(workdir, "checkpoints")
   for stage in os.listdir(root):
@@ -62,8 +84,9 @@ def _all_complete_checkpoints_readable(workdir):
 
 @pytest.mark.slow
 @needs_shared
-def test_sigkill_during_kd_and_ppo_then_identical_results(smoke_run, tmp_path):
-  """SIGKILL at random points of KD (twice) and PPO, then a corrupted newest checkpoint:
+def test_sigkill_and_sigterm_during_kd_and_ppo_then_identical_results(smoke_run, tmp_path):
+  """SIGTERM in KD, SIGKILL at a random point of KD, two SIGTERMs in PPO, then a corrupted
+  newest checkpoint: each SIGTERM ends in a checkpoint at a step boundary and exit 75, and
   rerunning the same command finishes with a results.json identical to the uninterrupted
   run's (same seed, CPU)."""
   rng = random.Random(int(os.environ.get("DGPO_TEST_SEED", "0")) or None)
@@ -71,13 +94,16 @@ def test_sigkill_during_kd_and_ppo_then_identical_results(smoke_run, tmp_path):
   copy_prepared(smoke_run, wd)  # same world/models/TGO as the uninterrupted run
   kd, rl = wd / "checkpoints" / KD, wd / "checkpoints" / "rl-dgpo"
   newest = lambda d: (_steps(d) or [0])[-1]
-  kills = 0
-  # KD checkpoints once per epoch (4 steps); RL once per step (ckpt_every=1).
-  kills += _kill_when(wd, lambda: (wd / f"metrics_{KD}.jsonl").exists(), rng)  # epoch 1
+  # KD checkpoints once per epoch (4 steps), and where a SIGTERM stops it; RL every step.
+  err = _term_when(wd, lambda: kd.is_dir())  # the notice arrives as KD starts
+  assert f"[preemption] preempted: {KD} checkpointed at step" in err
+  assert _stopped_at(err) in _steps(kd)
   _all_complete_checkpoints_readable(wd)
-  kills += _kill_when(wd, lambda: newest(kd) >= 4, rng)  # epoch 2 or its validation
+  kills = _kill_when(wd, lambda: newest(kd) >= 4, rng)  # epoch 2 or its validation
   _all_complete_checkpoints_readable(wd)
-  kills += _kill_when(wd, lambda: newest(rl) >= 1, rng)  # PPO
+  err = _term_when(wd, lambda: rl.is_dir(), twice=True)  # PPO, a second notice mid-stop
+  assert "[preemption] preempted: rl-dgpo checkpointed at step" in err
+  assert _stopped_at(err) == newest(rl) >= 1
   _all_complete_checkpoints_readable(wd)
   # Corrupt the newest KD checkpoint: the rerun must warn, use the one before it, redo the
   # epoch and reach the same numbers.
@@ -89,7 +115,7 @@ def test_sigkill_during_kd_and_ppo_then_identical_results(smoke_run, tmp_path):
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
   assert "newest checkpoint(s) unreadable, restored step 4" in err
-  assert kills >= 2
+  assert kills >= 1
   a = json.load(open(smoke_run / "results.json"))
   b = json.load(open(wd / "results.json"))
   assert b == a  # CPU determinism through kills, a corrupted checkpoint and resumes

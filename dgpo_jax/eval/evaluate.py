@@ -5,6 +5,7 @@ in `pipeline/evaluate_stage.py`; this module only needs a model, a tokenizer and
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -18,7 +19,8 @@ from dgpo_jax.eval.metrics import exact_match, token_f1
 from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import distributed
 from dgpo_jax.retrieval.retriever import Doc
-from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
+from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine, Trajectory
+from dgpo_jax.utils import cli, preemption
 from dgpo_jax.utils.errors import fail
 
 def params_from_state(state: dict, where: str) -> dict:
@@ -46,37 +48,69 @@ def read_passages(corpus_path: str, ids: set) -> dict:
 
 
 def rollouts(engine, questions, batch_size, contexts=None, rng_seed: int = 0,
-             sp: SamplingParams = SamplingParams(greedy=True), label: str = "evaluate"):
+             sp: SamplingParams = SamplingParams(greedy=True), label: str = "evaluate",
+             partial: str = "", preemptible: bool = True):
   """Rollouts of QA rows in batches (greedy by default), with progress lines tagged
   `[label]`; one Trajectory per row, in order. With several processes each rolls out its
-  share of the rows on its own devices and every process gets all the trajectories."""
+  share of the rows on its own devices and every process gets all the trajectories.
+
+  Preemption (`utils.preemption`) is checked after every batch when `preemptible` (every
+  process runs the same number of batches, so the check stays collective); the finished
+  rows are then kept in `<partial>.p<process>.json`, when `partial` is given, and a rerun
+  continues after them with the same results.
+  """
   share = distributed.process_share(len(questions))
   mine = questions[share]
-  out = []
-  t0 = time.time()
-  for s in range(0, len(mine), batch_size):
-    ctx = None if contexts is None else contexts[share][s:s + batch_size]
-    # keyed by the batch's global start, so the streams do not depend on the host count
-    out += engine.run([q["question"] for q in mine[s:s + batch_size]],
-                      jax.random.fold_in(jax.random.key(rng_seed), share.start + s), sp,
-                      contexts=ctx)
-    done = len(out)
-    rate = done / max(time.time() - t0, 1e-9)
-    if jax.process_index() == 0:
-      host = " (this host's share)" if len(mine) < len(questions) else ""
-      print(f"[{label}]   {done}/{len(mine)} questions{host}, {rate:.2f} q/s, "
-            f"ETA {(len(mine) - done) / max(rate, 1e-9):.0f} s", flush=True)
+  most = -(-len(questions) // jax.process_count())  # the largest share
+  n_batches = -(-most // batch_size)
+  mine_f = f"{partial}.p{jax.process_index()}.json" if partial else ""
+  first, out = _read_partial(mine_f, len(questions))
+  t0, done0 = time.time(), len(out)
+  for b in range(first, n_batches):
+    s = b * batch_size
+    if s < len(mine):
+      ctx = None if contexts is None else contexts[share][s:s + batch_size]
+      # keyed by the batch's global start, so the streams do not depend on the host count
+      out += engine.run([q["question"] for q in mine[s:s + batch_size]],
+                        jax.random.fold_in(jax.random.key(rng_seed), share.start + s), sp,
+                        contexts=ctx)
+      done = len(out)
+      rate = (done - done0) / max(time.time() - t0, 1e-9)
+      if jax.process_index() == 0:
+        host = " (this host's share)" if len(mine) < len(questions) else ""
+        print(f"[{label}]   {done}/{len(mine)} questions{host}, {rate:.2f} q/s, "
+              f"ETA {(len(mine) - done) / max(rate, 1e-9):.0f} s", flush=True)
+    if preemptible and b + 1 < n_batches and preemption.requested():
+      if mine_f:
+        cli.write_json(mine_f, {"batches": b + 1, "questions": len(questions),
+                                "processes": jax.process_count(),
+                                "rows": [dataclasses.asdict(t) for t in out]})
+      preemption.stop(label, b + 1)
+  if mine_f and os.path.isfile(mine_f):
+    os.remove(mine_f)
   return distributed.allgather_objects(out)
 
 
+def _read_partial(path: str, n: int) -> tuple:
+  """(batches done, trajectories) kept by a preempted `rollouts` of the same `n` questions
+  on as many processes, or (0, [])."""
+  if not path or not os.path.isfile(path):
+    return 0, []
+  z = json.load(open(path))
+  if (z.get("questions"), z.get("processes")) != (n, jax.process_count()):
+    return 0, []  # another run's rows: start over
+  return z["batches"], [Trajectory(**t) for t in z["rows"]]
+
+
 def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.QAFile,
-                     batch_size: int, passages: dict, thinking_too: bool = True) -> tuple:
-  """(figures, trajectories) of one QA file."""
+                     batch_size: int, passages: dict, thinking_too: bool = True,
+                     partial: str = "") -> tuple:
+  """(figures, trajectories) of one QA file; `partial` as in `rollouts`."""
   rows = f.rows
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(graphdef, params,
                                       [q["question"] for q in rows])
-  trajs = rollouts(engine, rows, batch_size)
+  trajs = rollouts(engine, rows, batch_size, partial=partial)
   em = [exact_match(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
   f1 = [token_f1(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
   out = {"n": len(rows), "skipped_no_answer": f.skipped_no_answer, "em": float(np.mean(em)),
@@ -88,13 +122,14 @@ def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.
                                                if q.get("family") == fam])) for fam in fams}
   out["arcap"] = arcap.query_and_source(rows, trajs, tok)
   out["arcap"]["thinking_em"], out["arcap"]["thinking_n"] = (
-      thinking(graphdef, params, tok, retriever, rc, rows, passages, batch_size)
+      thinking(graphdef, params, tok, retriever, rc, rows, passages, batch_size,
+               partial=partial and partial + "-thinking")
       if thinking_too else (None, 0))
   return out, trajs
 
 
 def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages: dict,
-             batch_size: int) -> tuple:
+             batch_size: int, partial: str = "") -> tuple:
   """ARCap Thinking: (EM with the gold passages in context and no search, rows counted);
   (None, 0) when no row has gold passages."""
   gold = [arcap.gold_context(q, passages) for q in rows]
@@ -108,7 +143,7 @@ def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages
          for i in have]
   if jax.process_index() == 0:
     print(f"[evaluate]   Thinking: {len(have)} questions with gold passages", flush=True)
-  tt = rollouts(te, [rows[i] for i in have], batch_size, ctx)
+  tt = rollouts(te, [rows[i] for i in have], batch_size, ctx, partial=partial)
   return float(np.mean([exact_match(t.answer, rows[i]["golden_answers"])
                         for i, t in zip(have, tt)])), len(have)
 

@@ -9,6 +9,7 @@ report.md.
 """
 
 import dataclasses
+import json
 import os
 import time
 import types
@@ -175,13 +176,22 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
   out = {"checkpoint": os.path.abspath(checkpoint), "model": dataclasses.asdict(loaded.cfg),
          "datasets": {}}
   samples = {}
-  for f in files:
+  done = []  # per-dataset results kept until the whole evaluation is written (preemption)
+  for i, f in enumerate(files):
+    keep = os.path.join(workdir, f"partial-{i}-{f.name}")
+    done.append(keep + ".done.json")
+    what = [out["checkpoint"], len(f.rows), thinking]
+    if os.path.isfile(done[-1]) and json.load(open(done[-1]))[0] == what:
+      _, out["datasets"][f.name], samples[f.name] = json.load(open(done[-1]))
+      continue
     print(f"[evaluate] {f.name}: {len(f.rows)} questions", flush=True)
     figs, trajs = E.evaluate_dataset(loaded.graphdef, loaded.params, loaded.tokenizer,
                                      retriever, rc, f, config.eval.batch_size, passages,
-                                     thinking_too=thinking)
+                                     thinking_too=thinking, partial=keep)
     out["datasets"][f.name] = figs
     samples[f.name] = report.sample_trajectories(trajs, f.rows, loaded.tokenizer)
+    if jax.process_index() == 0:
+      cli.write_json(done[-1], [what, figs, samples[f.name]])
     print(f"[evaluate] {f.name}: EM {figs['em']:.3f} F1 {figs['f1']:.3f}", flush=True)
   out["average"] = E.average(out["datasets"])
   out["wall_s"] = round(time.time() - t0, 1)
@@ -192,6 +202,9 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
     with open(os.path.join(workdir, "results.md"), "w") as fh:
       fh.write(table)
     report.write_eval(workdir, config, out, table, samples)
+    for d in done:
+      if os.path.isfile(d):
+        os.remove(d)
   print(table, flush=True)
   return out
 

@@ -194,12 +194,15 @@ def model_cfg(config, which, tok):
                              bos_id=tok.bos_id, max_seq_len=4096, scan_unroll=m.n_layers)
 
 
-def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=0):
-  """Greedy rollouts; EM overall and per family. Returns (summary, trajectories)."""
+def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=0,
+             partial="", preemptible=True):
+  """Greedy rollouts; EM overall and per family. Returns (summary, trajectories).
+  `partial`, `preemptible`: as in `eval.evaluate.rollouts`."""
   rc = RolloutConfig.from_config(config)
   engine = RolloutEngine(None, tok, retriever, rc)
   engine.sampler = engine.sampler_for(graphdef, params, [q["question"] for q in questions])
-  trajs = E.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed)
+  trajs = E.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed,
+                     partial=partial, preemptible=preemptible)
   by_family = {}
   for q, t in zip(questions, trajs):
     family = q.get("family", q.get("data_source", "all"))

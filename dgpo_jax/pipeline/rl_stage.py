@@ -25,6 +25,7 @@ from dgpo_jax.rl import distill, ppo
 from dgpo_jax.rollout.engine import RolloutEngine
 from dgpo_jax.train import lm
 from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
+from dgpo_jax.utils import preemption
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import MetricsWriter, Progress
 
@@ -231,8 +232,13 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     prog.update(0, extra=f"em {m['em']:.3f} kl {m.get('kl', 0):.4f} "
                          f"searches {m['searches_per_question']:.2f}",
                 force=(step + 1) % config.train.log_every == 0)
+    stop = preemption.requested()  # collective: every process stops after the same step
     # A skipped step is never saved: the newest checkpoint stays the last good one.
-    if ((step + 1) % config.train.ckpt_every == 0 or step + 1 == steps) and not bad:
+    if ((step + 1) % config.train.ckpt_every == 0 or step + 1 == steps or stop) and not bad:
       ckpt.save(step + 1, state, {"step": step + 1, "seed": config.seed})
+    if stop:
+      saved = ckpt.latest_step() or 0
+      ckpt.close()
+      preemption.stop(name, saved)
   ckpt.close()
   return state[policy_key]["params"], last

@@ -164,7 +164,8 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
       config.tgo.temperature, 1e-6))
   # TGO belongs to the prepared world (shared by training seeds): drawn with its seed.
   trajs = E.rollouts(engine, qs, config.eval.batch_size,
-                     rng_seed=prepare.world_seed(config) + 31, sp=sp, label="tgo")
+                     rng_seed=prepare.world_seed(config) + 31, sp=sp, label="tgo",
+                     partial=os.path.join(tgo_dir, "rollouts.partial"))
   full = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id)
   stats = {"questions": len(qs), "correct": int((full["score"] > 0).sum()),
            **B.rollout_metrics(trajs, full["score"])}
@@ -309,8 +310,9 @@ def run(config, workdir):
   dev_q = dev_q[:config.eval.val_questions]
   test_q = test_q[:config.eval.num_questions]
 
-  def evaluator(m: Model, qs):
-    return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs)[0]
+  def evaluator(m: Model, qs, preemptible=True):
+    return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, qs,
+                                      preemptible=preemptible)[0]
 
   rc = RolloutConfig.from_config(config)
   tag = method_tag(config)
@@ -342,7 +344,9 @@ def run(config, workdir):
       over = {k: v for k, v in opt.items() if k in ("kl_rows", "advantage", "kl_loss_coef")}
       current, last = run_rl(names["rl"], config, workdir, cur, other, (tok, retriever, rc),
                              train_q, mesh, rules, _log, mode="ppo" if kind == "rl" else "gkd",
-                             evaluate=evaluator(student, dev_q[:config.eval.rl_val_questions]),
+                             # not preemptible: the RL step it belongs to is not saved yet
+                             evaluate=evaluator(student, dev_q[:config.eval.rl_val_questions],
+                                                preemptible=False),
                              **over)
       checkpoints["rl"] = current
   results = {"method": config.method, "ablation": config.ablation, "seed": config.seed,
@@ -365,7 +369,8 @@ def run(config, workdir):
     if os.path.isfile(f):
       row = json.load(open(f))
     else:
-      summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q)
+      summary, trajs = prepare.evaluate(m.cfg, m.graphdef, p, tok, retriever, config, test_q,
+                                        partial=f[:-len(".json")] + ".partial")
       row = dict(summary, samples=report.sample_trajectories(trajs, test_q, tok))
       # Per question, in test order: paired comparisons between methods (eval.stats).
       row["em_per_question"] = [exact_match(t.answer, q["golden_answers"])
@@ -378,7 +383,8 @@ def run(config, workdir):
           passages = E.read_passages(corpus, {i for q in test_q
                                               for i in (q.get("gold_ids") or [])})
         row["arcap"]["thinking_em"], row["arcap"]["thinking_n"] = E.thinking(
-            m.graphdef, p, tok, retriever, rc, test_q, passages, config.eval.batch_size)
+            m.graphdef, p, tok, retriever, rc, test_q, passages, config.eval.batch_size,
+            partial=f[:-len(".json")] + ".partial-thinking")
       _write_json(f, row)
       _log(f"[eval] {label} test EM: {summary}")
     samples[label] = row.pop("samples", {})

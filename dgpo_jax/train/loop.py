@@ -13,6 +13,7 @@ import numpy as np
 from dgpo_jax.parallel import sharding
 from dgpo_jax.train import lm
 from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
+from dgpo_jax.utils import preemption
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import MetricsWriter, Progress
 
@@ -71,6 +72,7 @@ def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
     state, m = update(state, batch, jax.random.fold_in(rng, step), frozen)
     tokens += int(host["tokens"].size)
     prog.count = step + 1
+    stop = preemption.requested()  # collective: every process stops after the same step
     if float(m["skipped"]):
       bad += 1
       log(f"[{name}] step {step + 1}: non-finite loss or gradient; step skipped "
@@ -79,7 +81,8 @@ def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
       bad = 0
     if bad and (step + 1) % fc.log_every and step + 1 != fc.steps:  # else the log row says it
       metrics.write(step + 1, skipped=1.0)
-    elif (step + 1) % fc.log_every == 0 or step + 1 == fc.steps or bad >= fc.max_bad_steps:
+    elif ((step + 1) % fc.log_every == 0 or step + 1 == fc.steps or bad >= fc.max_bad_steps
+          or stop):
       last = {k: float(v) for k, v in jax.device_get(m).items()}
       now = time.time()
       last["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
@@ -91,7 +94,11 @@ def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
       fail(f"[{name}] {bad} consecutive non-finite steps (last at step {step + 1}); stopped. "
            f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
     # A skipped step is never saved: the newest checkpoint stays the last good one.
-    if ((step + 1) % fc.ckpt_every == 0 or step + 1 == fc.steps) and not bad:
+    if ((step + 1) % fc.ckpt_every == 0 or step + 1 == fc.steps or stop) and not bad:
       ckpt.save(step + 1, state, {"data_step": step + 1, "seed": seed})
+    if stop:
+      saved = ckpt.latest_step() or 0
+      ckpt.close()
+      preemption.stop(name, saved)
   ckpt.close()
   return state["params"], last

@@ -8,7 +8,10 @@ If the newest checkpoint cannot be read it is reported, moved aside (`corrupt-<s
 and the previous one is used.
 """
 
+import logging
 import os
+import re
+import shutil
 import sys
 import time
 from typing import Any, Optional
@@ -29,6 +32,16 @@ def abstract_like(tree, shardings=None):
                       shardings)
 
 
+def write_error(e: Exception) -> str:
+  """The OS reason inside a failed write (orbax and tensorstore bury it in their text)."""
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror} (errno {e.errno})"
+  m = re.search(r": ([^:\[]+) \[os_error_code='(\d+)'\]", str(e))
+  if m:
+    return f"{m.group(1).strip()} (errno {m.group(2)})"
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a (state, meta) pair under `directory`."""
 
@@ -47,10 +60,29 @@ class Checkpointer:
     return self.mngr.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, force: bool = True):
-    """Saves synchronously (every process must call it; orbax coordinates hosts)."""
-    self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)), force=force)
-    self.mngr.wait_until_finished()
+    """Saves synchronously (every process must call it; orbax coordinates hosts).
+
+    A write that fails (disk full, no permission, a quota) is a DgpoError naming the
+    directory and the reason; the half-written step is removed and the previous checkpoint
+    stays the newest, so the same command resumes from it once the disk is writable."""
+    # orbax logs a failed write's traceback from its writer thread before raising it here;
+    # the failure is reported below in one line instead.
+    absl_log = logging.getLogger("absl")
+    level, absl_log.level = absl_log.level, logging.CRITICAL
+    try:
+      self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)), force=force)
+      self.mngr.wait_until_finished()
+    except Exception as e:  # orbax/tensorstore wrap the OS error in ValueError and others
+      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
+        if name.startswith(f"{step}.") and "tmp" in name and jax.process_index() == 0:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      prev = self.latest_step()
+      fail(f"cannot write checkpoint step {step} to {self.directory}: {write_error(e)}; "
+           f"{'the newest checkpoint is still step ' + str(prev) if prev else 'no checkpoint'}"
+           f" (intact). Free space or fix permissions, then rerun the same command to resume")
+    finally:
+      absl_log.setLevel(level)
 
   def restore(self, abstract_state: Any, step: Optional[int] = None):
     """Restores (step, state, meta), falling back to older steps if the newest is unreadable.

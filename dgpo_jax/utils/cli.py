@@ -23,32 +23,70 @@ def add_xla_flags(flags: str):
 
 
 def run(fn, argv, *args):
-  """A CLI's body: refuses stray arguments, quiets logging, and turns a DgpoError into one
-  line on stderr and exit status 2."""
+  """A CLI's body: refuses stray arguments, quiets logging, turns SIGTERM into a checkpointed
+  stop (exit status 75, `utils.preemption`) and a DgpoError into one line on stderr and exit
+  status 2."""
   import sys
 
   from absl import app
 
+  from dgpo_jax.utils import preemption
   from dgpo_jax.utils.errors import DgpoError
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   setup_logging()
+  preemption.install()
   try:
     return fn(*args)
+  except preemption.Preempted as e:
+    print(f"[preemption] {e}", file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
   except DgpoError as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # a write no stage wrapped: still one line, naming the file
+    print(f"error: {e.filename or ''}: {e.strerror or e} (errno {e.errno})", file=sys.stderr)
     sys.exit(2)
 
 
 def write_json(path: str, obj, indent: int = 1):
   """Writes JSON under a temporary name and renames it, so a crash never leaves a
-  half-written file that looks complete."""
+  half-written file that looks complete. A failed write (disk full, no permission) is a
+  DgpoError naming the path; the previous file, if any, is left as it was."""
   import json
   import os
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=indent)
-  os.replace(path + ".tmp", path)
+  makedirs(os.path.dirname(os.path.abspath(path)))
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=indent, default=str)
+    os.replace(tmp, path)
+  except OSError as e:
+    _remove_quietly(tmp)
+    write_failed(path, e)
+
+
+def makedirs(path: str):
+  import os
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    write_failed(path, e)
+
+
+def write_failed(path: str, e: OSError):
+  """Raises the one-line DgpoError for a write that failed with `e`."""
+  from dgpo_jax.utils.errors import fail
+  fail(f"cannot write {path}: {e.strerror or e} (errno {e.errno}); free space or fix "
+       f"permissions, then rerun the same command to resume")
+
+
+def _remove_quietly(path: str):
+  import os
+  try:
+    os.remove(path)
+  except OSError:
+    pass
 
 
 def read_jsonl(path: str) -> list:

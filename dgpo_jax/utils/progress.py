@@ -57,10 +57,14 @@ class MetricsWriter:
       return
     row = {"step": int(step), "time": time.time()}
     row.update({k: _jsonable(v) for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    if self.tb is not None:
-      self.tb.scalars(step, {k: v for k, v in row.items() if k not in ("step", "time")})
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+      if self.tb is not None:
+        self.tb.scalars(step, {k: v for k, v in row.items() if k not in ("step", "time")})
+    except OSError as e:
+      from dgpo_jax.utils import cli
+      cli.write_failed(e.filename or self.path, e)
 
 
 def _jsonable(v):
