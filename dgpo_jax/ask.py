@@ -6,8 +6,6 @@ Greedy decoding by default (as the reference validates); --sample uses the confi
 temperature/top_p. Prints each turn (thinking, queries, retrieved titles) and the answer.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -46,40 +44,38 @@ def render(tok, traj) -> str:
 
 
 def main(argv):
-  del argv
   from dgpo_jax.utils import cli
-  cli.setup_logging()
+  traj, tok = cli.run(_ask, argv, FLAGS.config)
+  print(render(tok, traj))
+
+
+def _ask(c):
+  import os
+
   import jax
 
   from dgpo_jax.models.sampler import SamplingParams
   from dgpo_jax.pipeline import setup
   from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
-  from dgpo_jax.utils.errors import DgpoError
-  c = FLAGS.config
-  try:
-    if "world" in c:  # the synthetic world: models and index live in the workdir
-      import os
-      model = FLAGS.checkpoint or FLAGS.model
-      path = model if os.path.isdir(model) else os.path.join(FLAGS.workdir, "models", model)
-      if not os.path.isdir(path):
-        raise DgpoError(f"{path} does not exist: run `python -m dgpo_jax.main "
-                        f"--config=configs/synthetic.py --workdir={FLAGS.workdir}` first")
-      with c.unlocked():
-        c.model.init, c.model.name, c.tokenizer.kind = "pretrained", path, "model"
-        c.retrieval.index = os.path.join(FLAGS.workdir, "world", "index_bm25")
-        c.retrieval.encoder = "bm25"
-    built = setup.build_model(c, FLAGS.workdir)
-    retriever = setup.build_retriever(c)
-    rc = RolloutConfig.from_config(c)
-    engine = RolloutEngine(None, built.tokenizer, retriever, rc)
-    engine.sampler = engine.sampler_for(built.graphdef, built.params, [FLAGS.question])
-    sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)
-          if FLAGS.sample else SamplingParams(greedy=True))
-    (traj,) = engine.run([FLAGS.question], jax.random.key(FLAGS.seed), sp)
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(render(built.tokenizer, traj))
+  from dgpo_jax.utils.errors import fail
+  if "world" in c:  # the synthetic world: models and index live in the workdir
+    model = FLAGS.checkpoint or FLAGS.model
+    path = model if os.path.isdir(model) else os.path.join(FLAGS.workdir, "models", model)
+    if not os.path.isdir(path):
+      fail(f"{path} does not exist: run `python -m dgpo_jax.main "
+           f"--config=configs/synthetic.py --workdir={FLAGS.workdir}` first")
+    with c.unlocked():
+      c.model.init, c.model.name, c.tokenizer.kind = "pretrained", path, "model"
+      c.retrieval.index = os.path.join(FLAGS.workdir, "world", "index_bm25")
+      c.retrieval.encoder = "bm25"
+  built = setup.build_model(c, FLAGS.workdir)
+  retriever = setup.build_retriever(c)
+  engine = RolloutEngine(None, built.tokenizer, retriever, RolloutConfig.from_config(c))
+  engine.sampler = engine.sampler_for(built.graphdef, built.params, [FLAGS.question])
+  sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)
+        if FLAGS.sample else SamplingParams(greedy=True))
+  (traj,) = engine.run([FLAGS.question], jax.random.key(FLAGS.seed), sp)
+  return traj, built.tokenizer
 
 
 if __name__ == "__main__":

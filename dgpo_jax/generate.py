@@ -21,37 +21,34 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
   from dgpo_jax.utils import cli
-  cli.setup_logging()
+  text, n, dt, path = cli.run(_generate, argv)
+  print(text)
+  print(f"[generate] {n} tokens in {dt:.2f}s (incl. compile) from {path}", file=sys.stderr)
+
+
+def _generate():
   import jax
 
   from dgpo_jax.models import registry
   from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
-  from dgpo_jax.utils.errors import DgpoError
-
-  try:
-    lm = registry.load(FLAGS.model, param_dtype=FLAGS.param_dtype)
-    tok = lm.tokenizer
-    text = tok.apply_chat(FLAGS.prompt) if FLAGS.chat else FLAGS.prompt
-    ids = tok.encode(text)
-    if not ids:
-      raise DgpoError("--prompt encodes to no tokens")
-    graphdef, params = registry.place_params(lm.cfg, lm.params)
-    sampler = Sampler(graphdef, params, cache_size=bucket(len(ids) + FLAGS.max_new_tokens),
-                      pad_id=tok.pad_id)
-    sp = (SamplingParams(greedy=True) if FLAGS.temperature == 0 else
-          SamplingParams(temperature=FLAGS.temperature, top_p=FLAGS.top_p))
-    t0 = time.time()
-    res = sampler.generate([ids], FLAGS.max_new_tokens, jax.random.key(FLAGS.seed), sp,
-                           stop_seqs=[[e] for e in lm.cfg.eos_ids] if FLAGS.chat else ())
-    dt = time.time() - t0
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from dgpo_jax.utils.errors import fail
+  lm = registry.load(FLAGS.model, param_dtype=FLAGS.param_dtype)
+  tok = lm.tokenizer
+  ids = tok.encode(tok.apply_chat(FLAGS.prompt) if FLAGS.chat else FLAGS.prompt)
+  if not ids:
+    fail("--prompt encodes to no tokens")
+  graphdef, params = registry.place_params(lm.cfg, lm.params)
+  sampler = Sampler(graphdef, params, cache_size=bucket(len(ids) + FLAGS.max_new_tokens),
+                    pad_id=tok.pad_id)
+  sp = (SamplingParams(greedy=True) if FLAGS.temperature == 0 else
+        SamplingParams(temperature=FLAGS.temperature, top_p=FLAGS.top_p))
+  t0 = time.time()
+  res = sampler.generate([ids], FLAGS.max_new_tokens, jax.random.key(FLAGS.seed), sp,
+                         stop_seqs=[[e] for e in lm.cfg.eos_ids] if FLAGS.chat else ())
+  dt = time.time() - t0
   n = int(res.num_tokens[0])
-  print(tok.decode(res.tokens[0, :n].tolist(), skip_special=FLAGS.chat))
-  print(f"[generate] {n} tokens in {dt:.2f}s (incl. compile) from {lm.path}", file=sys.stderr)
+  return tok.decode(res.tokens[0, :n].tolist(), skip_special=FLAGS.chat), n, dt, lm.path
 
 
 if __name__ == "__main__":

@@ -65,17 +65,11 @@ def _search():
 
 def main(argv):
   from dgpo_jax.utils import cli
-  from dgpo_jax.utils.errors import DgpoError
-  cli.setup_logging()
   cmds = {"build": _build, "search": _search}
   if len(argv) != 2 or argv[1] not in cmds:
     print("usage: python -m dgpo_jax.index build|search [flags]", file=sys.stderr)
     sys.exit(2)
-  try:
-    cmds[argv[1]]()
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.run(cmds[argv[1]], argv[:1])
 
 
 if __name__ == "__main__":

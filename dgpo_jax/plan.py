@@ -98,15 +98,8 @@ def check_fit(plan: dict, device_memory_gb: float):
 
 
 def main(argv):
-  del argv
   from dgpo_jax.utils import cli
-  from dgpo_jax.utils.errors import DgpoError
-  cli.setup_logging()
-  try:
-    plan = make_plan(FLAGS.config, FLAGS.mesh, FLAGS.seq_len)
-  except DgpoError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  plan = cli.run(make_plan, argv, FLAGS.config, FLAGS.mesh, FLAGS.seq_len)
   print(f"mesh {plan['mesh']} on {plan['devices']} × {plan['device_kind']}; "
         f"{plan['rows_per_update']} rows × {plan['seq_len']} tokens per update; rollout "
         f"{plan['rows_per_rollout']} rows × {plan['rollout_cache_tokens']}-token KV cache")

@@ -9,7 +9,6 @@ models have fewer KV heads (2 for Qwen2.5-0.5B) than a typical tensor axis.
 from typing import Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -165,13 +164,6 @@ def shard_batch(batch, mesh: Mesh, rules=DEFAULT_RULES):
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-def to_dtype(state, dtype):
-  """Casts every floating array of a state (e.g. frozen teacher params to bf16)."""
-  dt = jnp.dtype(dtype)
-  return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                      state)
 
 
 def row_sharder(params, rules=DEFAULT_RULES) -> Optional[Callable]:

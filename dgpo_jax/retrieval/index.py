@@ -24,7 +24,6 @@ from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import Progress
 
 FORMAT = 1
-KINDS = ("scann", "exact", "bm25")
 EXACT_BELOW = 20_000  # auto mode: exact search below this many passages
 
 

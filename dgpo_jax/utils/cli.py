@@ -45,7 +45,8 @@ def run(fn, argv, *args):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except OSError as e:  # a write no stage wrapped: still one line, naming the file
-    print(f"error: {e.filename or ''}: {e.strerror or e} (errno {e.errno})", file=sys.stderr)
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"error: {where}{e.strerror or e}", file=sys.stderr)
     sys.exit(2)
 
 

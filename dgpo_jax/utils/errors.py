@@ -2,11 +2,8 @@
 
 Every error a user can cause (bad path, bad config, bad checkpoint) is raised as
 `DgpoError` with a one-line message naming the file/field/tensor and what was expected.
-CLIs print the message without a traceback.
+CLIs print the message without a traceback (`utils.cli.run`).
 """
-
-import functools
-import sys
 
 
 class DgpoError(Exception):
@@ -15,17 +12,3 @@ class DgpoError(Exception):
 
 def fail(msg: str) -> "NoReturn":  # noqa: F821
   raise DgpoError(msg)
-
-
-def cli_errors(fn):
-  """Wraps a CLI `main(argv)` so that DgpoError prints one line and exits 2."""
-
-  @functools.wraps(fn)
-  def wrapper(*args, **kwargs):
-    try:
-      return fn(*args, **kwargs)
-    except DgpoError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  return wrapper
