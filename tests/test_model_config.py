@@ -12,7 +12,7 @@ from conftest import GOLDEN
 @pytest.mark.parametrize("name,millions", [
     ("qwen2.5-0.5b", 494.0), ("qwen2.5-1.5b", 1543.7), ("qwen2.5-3b", 3085.9),
     ("qwen2.5-7b", 7615.6), ("llama-3.2-1b", 1235.8), ("llama-3.1-8b", 8030.3),
-    ("smollm2-135m", 134.5)])
+    ("smollm2-135m", 134.5), ("smollm2-360m", 361.8)])
 def test_preset_param_counts_match_published(name, millions):
   assert C.preset(name).num_params() / 1e6 == pytest.approx(millions, abs=0.1)
 

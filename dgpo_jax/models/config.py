@@ -151,6 +151,10 @@ PRESETS: dict[str, ModelConfig] = {
     "smollm2-135m": ModelConfig("llama", 49152, 576, 30, 9, 3, 1536, rope_theta=1e5,
                                 rms_eps=1e-5, tie_embeddings=True, max_seq_len=8192,
                                 bos_id=1, eos_ids=(2,), pad_id=2),
+    # SmolLM2-360M's shapes (HuggingFaceTB/SmolLM2-360M config.json): the 135M's family.
+    "smollm2-360m": ModelConfig("llama", 49152, 960, 32, 15, 5, 2560, rope_theta=1e5,
+                                rms_eps=1e-5, tie_embeddings=True, max_seq_len=8192,
+                                bos_id=1, eos_ids=(2,), pad_id=2),
     # Tiny shapes for tests and the synthetic world (vocab set by the tokenizer).
     "tiny-llama": ModelConfig("llama", 512, 64, 2, 4, 2, 128, rope_theta=1e4, rms_eps=1e-5,
                               tie_embeddings=True, max_seq_len=1024, eos_ids=(1,)),
