@@ -10,8 +10,8 @@ split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about an hour on 2 CPU cores (62-63 min for seeds 0 and 1 run side by side, teacher
-      # SFT the longest stage; docs/synthetic.md)
+      # about 80-90 min on 2 CPU cores (estimated: 62 min measured when KD stopped at a
+      # threshold, plus ~30 min for the 13 more KD epochs; docs/synthetic.md)
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
