@@ -213,6 +213,9 @@ def main():
   ap.add_argument("--out", default=None)
   a = ap.parse_args()
   rows = a.questions * a.group
+  if rows % a.mini_batch or a.mini_batch % a.micro_batches:
+    raise SystemExit(f"error: --questions × --group ({rows}) must divide into --mini_batch "
+                     f"({a.mini_batch}) and that into --micro_batches ({a.micro_batches})")
   s_cfg, t_cfg = model_config.preset(a.preset), model_config.preset(a.teacher)
   if t_cfg.vocab_size != s_cfg.vocab_size:
     raise SystemExit(f"error: {a.preset} and {a.teacher} have different vocabularies")
