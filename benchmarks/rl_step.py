@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import emit
+from benchmarks.decode import copy_bandwidth_gbs
 from benchmarks.ppo_update import matmul_peak
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder, ValueModel
@@ -42,19 +43,6 @@ from dgpo_jax.train import lm
 
 WORDS = ("river capital founder museum novel opera city harbour college emperor bridge "
          "mountain election treaty painter symphony island railway castle desert").split()
-
-
-def memory_bandwidth(n_bytes=1 << 30, repeats=5) -> float:
-  """Bytes/s (read + write) of the best of `repeats` copies of `n_bytes` between two warm
-  buffers (memcpy speed: the bound a decode step that streams weights can reach)."""
-  src = np.ones(n_bytes // 4, np.float32)
-  dst = np.empty_like(src)
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    np.copyto(dst, src)
-    best = min(best, time.perf_counter() - t)
-  return 2 * n_bytes / best
 
 
 def _timed(fn):
@@ -240,7 +228,7 @@ def main():
     compile_s = time.perf_counter() - t0
     t, counts, state = step(a, s_cfg, t_p, sampler, retriever, rows, state, fns,
                             np.random.default_rng(0))
-  peak, bw = matmul_peak(a.calibrate), memory_bandwidth(a.calibrate ** 2 * 64)
+  peak, bw = matmul_peak(a.calibrate), copy_bandwidth_gbs(a.calibrate ** 2 * 64) * 1e9
   roof = roofline(a, (s_cfg, t_cfg), counts, rows, peak, bw, pc.use_critic)
   total_s = sum(t.values())
   tokens = {"prefill": rows * a.prompt_tokens, "decode": counts["decoded"],

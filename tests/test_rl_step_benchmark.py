@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -25,6 +27,6 @@ def test_rl_step_reports_every_phase(tmp_path):
     assert p["seconds"] > 0, name
     if name != "retrieval":
       assert p["roofline_s"] > 0 and p["tokens_per_s"] > 0, name
-  assert phases["decode"]["tokens_per_s"] * phases["decode"]["seconds"] == \
-      __import__("pytest").approx(4 * 2 * 8, rel=0.01)  # rows × turns × turn_tokens
+  decoded = phases["decode"]["tokens_per_s"] * phases["decode"]["seconds"]
+  assert decoded == pytest.approx(4 * 2 * 8, rel=0.01)  # rows × turns × turn_tokens
   assert res["largest_phase"] in phases

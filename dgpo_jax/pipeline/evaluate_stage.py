@@ -181,8 +181,9 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
     keep = os.path.join(workdir, f"partial-{i}-{f.name}")
     done.append(keep + ".done.json")
     what = [out["checkpoint"], len(f.rows), thinking]
-    if os.path.isfile(done[-1]) and json.load(open(done[-1]))[0] == what:
-      _, out["datasets"][f.name], samples[f.name] = json.load(open(done[-1]))
+    kept = json.load(open(done[-1])) if os.path.isfile(done[-1]) else None
+    if kept and kept[0] == what:
+      _, out["datasets"][f.name], samples[f.name] = kept
       continue
     print(f"[evaluate] {f.name}: {len(f.rows)} questions", flush=True)
     figs, trajs = E.evaluate_dataset(loaded.graphdef, loaded.params, loaded.tokenizer,

@@ -237,8 +237,6 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     if ((step + 1) % config.train.ckpt_every == 0 or step + 1 == steps or stop) and not bad:
       ckpt.save(step + 1, state, {"step": step + 1, "seed": config.seed})
     if stop:
-      saved = ckpt.latest_step() or 0
-      ckpt.close()
-      preemption.stop(name, saved)
+      preemption.stop_at_checkpoint(name, ckpt)
   ckpt.close()
   return state[policy_key]["params"], last

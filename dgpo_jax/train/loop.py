@@ -97,8 +97,6 @@ def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
     if ((step + 1) % fc.ckpt_every == 0 or step + 1 == fc.steps or stop) and not bad:
       ckpt.save(step + 1, state, {"data_step": step + 1, "seed": seed})
     if stop:
-      saved = ckpt.latest_step() or 0
-      ckpt.close()
-      preemption.stop(name, saved)
+      preemption.stop_at_checkpoint(name, ckpt)
   ckpt.close()
   return state["params"], last

@@ -80,6 +80,14 @@ def requested() -> bool:
   return stop
 
 
+def stop_at_checkpoint(where: str, ckpt):
+  """Closes a training loop's `Checkpointer` (its stop-step save written) and raises
+  `Preempted` naming the newest step on disk."""
+  saved = ckpt.latest_step() or 0
+  ckpt.close()
+  stop(where, saved)
+
+
 def stop(where: str, saved_step: int):
   """Raises `Preempted`; call it once the stage's checkpoint (`saved_step`) is written."""
   raise Preempted(f"preempted: {where} checkpointed at step {saved_step}; rerun the same "
