@@ -65,13 +65,14 @@ def read_bandwidth_gbs(nbytes=512 << 20, reps=5) -> float:
 def ours(model_name, cpu_kernels=None):
   import jax
   from dgpo_jax.models import registry
-  from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+  from dgpo_jax.models.sampler import Sampler, SamplingParams
+  from dgpo_jax.utils import shapes
   lm = registry.load(model_name)
   graphdef, params = registry.place_params(lm.cfg, lm.params)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   out = {"path": lm.path, "param_bytes": int(param_bytes), "params": lm.cfg.num_params()}
   for B in BATCHES:
-    s = Sampler(graphdef, params, cache_size=bucket(PROMPT_LEN + NEW_TOKENS), pad_id=lm.cfg.pad_id,
+    s = Sampler(graphdef, params, cache_size=shapes.pow2(PROMPT_LEN + NEW_TOKENS), pad_id=lm.cfg.pad_id,
                 cpu_kernels=cpu_kernels)
     out["kernels"] = s.cpu_kernels
     prompts = prompts_for(B, lm.cfg.vocab_size)

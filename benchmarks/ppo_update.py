@@ -26,8 +26,9 @@ from dgpo_jax.rl import ppo
 from dgpo_jax.train import lm
 
 
-def matmul_peak(n=4096, repeats=3):
-  a = jax.random.normal(jax.random.key(0), (n, n))
+def matmul_peak(n=4096, repeats=3, dtype="float32"):
+  """FLOP/s of an n×n matmul in `dtype`, best of `repeats`."""
+  a = jax.random.normal(jax.random.key(0), (n, n)).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(f(a, a))
   t = []

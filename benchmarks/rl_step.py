@@ -33,11 +33,12 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import emit
-from benchmarks.decode import copy_bandwidth_gbs
+from benchmarks.decode import copy_bandwidth_gbs, read_bandwidth_gbs
 from benchmarks.ppo_update import matmul_peak
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder, ValueModel
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket, fine_bucket
+from dgpo_jax.models.sampler import Sampler, SamplingParams
+from dgpo_jax.utils import shapes
 from dgpo_jax.rl import ppo
 from dgpo_jax.train import lm
 
@@ -116,7 +117,7 @@ def rollout(a, sampler, retriever, rows, cfg, rng):
 def batch_of(ids, a, rows):
   """The experience pass's inputs: token ids, mask, generated-token mask, last generated
   token, a 0/1 score per row."""
-  width = fine_bucket(max(len(x) for x in ids) + 1, minimum=64)
+  width = shapes.pow2_or_1p5(max(len(x) for x in ids) + 1, minimum=64)
   tokens = np.zeros((rows, width), np.int32)
   mask, gen, last = (np.zeros((rows, width), np.int32) for _ in range(3))
   for i, x in enumerate(ids):
@@ -198,13 +199,17 @@ def main():
   ap.add_argument("--docs", type=int, default=20000)
   ap.add_argument("--calibrate", type=int, default=4096,
                   help="matmul size n (n×n) for the FLOP/s peak; memory copies of n²·64 bytes")
+  ap.add_argument("--dtype", default="float32",
+                  help="compute dtype of all three models; the teacher's params too (bfloat16 "
+                       "on GPUs: the trained student and critic keep float32 params)")
   ap.add_argument("--out", default=None)
   a = ap.parse_args()
   rows = a.questions * a.group
   if rows % a.mini_batch or a.mini_batch % a.micro_batches:
     raise SystemExit(f"error: --questions × --group ({rows}) must divide into --mini_batch "
                      f"({a.mini_batch}) and that into --micro_batches ({a.micro_batches})")
-  s_cfg, t_cfg = model_config.preset(a.preset), model_config.preset(a.teacher)
+  s_cfg = model_config.preset(a.preset, dtype=a.dtype)
+  t_cfg = model_config.preset(a.teacher, dtype=a.dtype, param_dtype=a.dtype)
   if t_cfg.vocab_size != s_cfg.vocab_size:
     raise SystemExit(f"error: {a.preset} and {a.teacher} have different vocabularies")
   models = (_model(s_cfg, 0), _model(s_cfg, 1, ValueModel), _model(t_cfg, 2))
@@ -217,7 +222,7 @@ def main():
   fns = (ppo.make_experience(s_gd, c_gd, t_gd, pc, num_groups=a.questions),
          ppo.make_update(s_gd, c_gd, tx, tx, pc))
   total = a.prompt_tokens + a.turns * a.turn_tokens + (a.turns - 1) * a.obs_tokens
-  sampler = Sampler(s_gd, s_p, bucket(total + 1), s_cfg.pad_id)
+  sampler = Sampler(s_gd, s_p, shapes.pow2(total + 1), s_cfg.pad_id)
   with tempfile.TemporaryDirectory() as d:
     t0 = time.perf_counter()
     retriever = _index(a.docs, d)
@@ -228,7 +233,10 @@ def main():
     compile_s = time.perf_counter() - t0
     t, counts, state = step(a, s_cfg, t_p, sampler, retriever, rows, state, fns,
                             np.random.default_rng(0))
-  peak, bw = matmul_peak(a.calibrate), copy_bandwidth_gbs(a.calibrate ** 2 * 64) * 1e9
+  # host memory on CPU; the device's own read bandwidth (HBM) on an accelerator
+  bw = (copy_bandwidth_gbs(a.calibrate ** 2 * 64) if jax.default_backend() == "cpu" else
+        read_bandwidth_gbs(min(1 << 31, a.calibrate ** 2 * 64)))
+  peak, bw = matmul_peak(a.calibrate, dtype=a.dtype), bw * 1e9
   roof = roofline(a, (s_cfg, t_cfg), counts, rows, peak, bw, pc.use_critic)
   total_s = sum(t.values())
   tokens = {"prefill": rows * a.prompt_tokens, "decode": counts["decoded"],

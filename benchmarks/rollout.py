@@ -22,7 +22,8 @@ import numpy as np
 from benchmarks.common import emit
 
 from dgpo_jax.models import registry
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.sampler import Sampler, SamplingParams
+from dgpo_jax.utils import shapes
 
 
 def run(sampler, prompts, obs, turns, turn_tokens, reuse):
@@ -58,7 +59,7 @@ def main():
   lm = registry.load(a.model)
   graphdef, params = registry.place_params(lm.cfg, lm.params)
   total = a.prompt_tokens + a.turns * (a.turn_tokens + a.obs_tokens)
-  sampler = Sampler(graphdef, params, bucket(total + a.turn_tokens), lm.cfg.pad_id)
+  sampler = Sampler(graphdef, params, shapes.pow2(total + a.turn_tokens), lm.cfg.pad_id)
   rng = np.random.default_rng(0)
   V = lm.cfg.vocab_size
   prompts = [rng.integers(100, V - 100, a.prompt_tokens).tolist() for _ in range(a.batch)]

@@ -42,6 +42,7 @@ def main():
   from dgpo_jax.pipeline import prepare, setup
   from dgpo_jax.retrieval.retriever import IndexRetriever
   from dgpo_jax.train.loop import FitConfig, fit
+  from dgpo_jax.train.step import Model
   from dgpo_jax.utils import cli
 
   c = synthetic.get_config()
@@ -68,7 +69,8 @@ def main():
     lm_fc = FitConfig(steps=p.lm_steps, lr=p.lm_lr, warmup_steps=p.warmup_steps)
     dummy = lambda s: {"tokens": np.zeros((p.batch_size, 2), np.int32),
                        "mask": np.ones((p.batch_size, 2), np.int32)}
-    params, _ = fit("student_lm", w, gd, params, sh, mesh, dummy, lm_fc, c.seed, lambda m: None)
+    params, _ = fit("student_lm", w, Model(cfg, gd, params, sh), mesh, dummy, lm_fc,
+                    c.seed, lambda m: None)
     batch = lm_data.masked_batches(*(sft[k][keep] for k in ("tokens", "mask", "loss_mask")),
                                    p.batch_size, c.seed + 7)
 
@@ -76,7 +78,8 @@ def main():
     for steps in (a.steps // 2, a.steps):
       fc = FitConfig(steps=steps, schedule_steps=a.steps, lr=p.sft_lr,
                      warmup_steps=p.warmup_steps, log_every=50, ckpt_every=a.steps // 2)
-      params, m = fit(f"sft_data_{arm}", w, gd, params, sh, mesh, batch, fc, c.seed, print)
+      params, m = fit(f"sft_data_{arm}", w, Model(cfg, gd, params, sh), mesh, batch, fc,
+                      c.seed, print)
       summary, _ = prepare.evaluate(cfg, gd, params, tok, retriever, c, dev)
       res[f"step{steps}"] = {"loss": m.get("loss"), "dev_em": summary}
       print(f"[sft_data] {arm} step {steps}: dev EM {summary['avg']:.3f}", flush=True)

@@ -51,6 +51,7 @@ def main():
   from dgpo_jax.pipeline import prepare, setup
   from dgpo_jax.retrieval.retriever import IndexRetriever
   from dgpo_jax.train.loop import FitConfig, fit
+  from dgpo_jax.train.step import Model
   from dgpo_jax.utils import cli
 
   c = synthetic.get_config(a.variant)
@@ -68,7 +69,7 @@ def main():
                                            setup.rules(c))
   dummy = lambda s: {"tokens": np.zeros((c.prep.batch_size, 2), np.int32),
                      "mask": np.ones((c.prep.batch_size, 2), np.int32)}
-  params, _ = fit(a.init, w, gd, params, sh, mesh, dummy,
+  params, _ = fit(a.init, w, Model(cfg, gd, params, sh), mesh, dummy,
                   FitConfig(steps=c.prep.lm_steps, lr=c.prep.lm_lr), 0, lambda m: None)
   sft = np.load(glob.glob(os.path.join(w, "world", "sft_*.npz"))[0])
   seed = prepare.world_seed(c)
@@ -84,7 +85,7 @@ def main():
     t = time.time()
     fc = FitConfig(steps=k, schedule_steps=a.steps, lr=a.lr, weight_decay=a.weight_decay,
                    warmup_steps=c.prep.warmup_steps, log_every=50, ckpt_every=k)
-    params, m = fit("teacher_sft", out_dir, gd, params, sh, mesh, batch, fc, seed,
+    params, m = fit("teacher_sft", out_dir, Model(cfg, gd, params, sh), mesh, batch, fc, seed,
                     lambda msg: None)
     summary, _ = prepare.evaluate(cfg, gd, params, tok, retriever, c, dev)
     out["evals"].append({"step": k, "loss": m.get("loss"), "dev_em": summary,

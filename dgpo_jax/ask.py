@@ -70,8 +70,8 @@ def _ask(c):
       c.retrieval.encoder = "bm25"
   built = setup.build_model(c, FLAGS.workdir)
   retriever = setup.build_retriever(c)
-  engine = RolloutEngine(None, built.tokenizer, retriever, RolloutConfig.from_config(c))
-  engine.sampler = engine.sampler_for(built.graphdef, built.params, [FLAGS.question])
+  engine = RolloutEngine.for_model(built.graphdef, built.params, built.tokenizer, retriever,
+                                   RolloutConfig.from_config(c), [FLAGS.question])
   sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)
         if FLAGS.sample else SamplingParams(greedy=True))
   (traj,) = engine.run([FLAGS.question], jax.random.key(FLAGS.seed), sp)

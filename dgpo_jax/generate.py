@@ -31,7 +31,8 @@ def _generate():
   import jax
 
   from dgpo_jax.models import registry
-  from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+  from dgpo_jax.models.sampler import Sampler, SamplingParams
+  from dgpo_jax.utils import shapes
   from dgpo_jax.utils.errors import fail
   lm = registry.load(FLAGS.model, param_dtype=FLAGS.param_dtype)
   tok = lm.tokenizer
@@ -39,7 +40,7 @@ def _generate():
   if not ids:
     fail("--prompt encodes to no tokens")
   graphdef, params = registry.place_params(lm.cfg, lm.params)
-  sampler = Sampler(graphdef, params, cache_size=bucket(len(ids) + FLAGS.max_new_tokens),
+  sampler = Sampler(graphdef, params, cache_size=shapes.pow2(len(ids) + FLAGS.max_new_tokens),
                     pad_id=tok.pad_id)
   sp = (SamplingParams(greedy=True) if FLAGS.temperature == 0 else
         SamplingParams(temperature=FLAGS.temperature, top_p=FLAGS.top_p))

@@ -3,7 +3,8 @@
   python -m dgpo_jax.plan --config=configs/qwen05b.py --mesh=fsdp:8 [--device_memory_gb=80]
       [--seq_len=4096]
 
-Lowers and compiles the KD update, the PPO experience pass and the PPO update from abstract
+Lowers and compiles the steps the config's method runs (its KD update, PPO experience pass
+and PPO update, or GKD's update), built by the same builders training calls, from abstract
 shapes (no weights are read or allocated) on the given mesh, and prints per device: params,
 optimizer state, activations and temporaries (XLA's buffer assignment), the rollout's KV cache
 (computed from the shapes), and FLOPs per step (XLA's cost analysis). Mesh syntax:
@@ -54,11 +55,11 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
   p = config.ppo
   check_batches(config, mesh)  # the same start-up check `main` makes
   seq = seq_len or config.plan.seq_len
-  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  rules = sharding.rules_of(config)
   s_cfg, t_cfg = aot.model_cfg(config.model), aot.model_cfg(config.teacher_model)
-  _, s_p, s_sh = aot.abstract_model(s_cfg, mesh, rules)
-  _, t_p, t_sh = aot.abstract_model(t_cfg, mesh, rules)
-  student_b, teacher_b = _sharded_bytes(s_p, s_sh), _sharded_bytes(t_p, t_sh)
+  s, t = (aot.abstract_model(c, mesh, rules) for c in (s_cfg, t_cfg))
+  student_b, teacher_b = _sharded_bytes(s.params, s.shardings), _sharded_bytes(t.params,
+                                                                               t.shardings)
   rc = config.rollout
   rows, cache_len = aot.rollout_shape(config)
   kv = (s_cfg.n_layers * rows * s_cfg.n_kv_heads * cache_len * s_cfg.head_dim
@@ -75,6 +76,7 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
       "mesh": {k: int(v) for k, v in mesh.shape.items()}, "devices": len(jax.devices()),
       "device_kind": jax.devices()[0].device_kind, "seq_len": seq,
       "rows_per_update": p.mini_batch, "rows_per_rollout": rows,
+      "rows_per_kd_update": config.kd.batch_size,
       "rollout_cache_tokens": cache_len,
       "per_device_gb": {
           "student_params": student_b / GB, "teacher_params": teacher_b / GB,

@@ -58,118 +58,126 @@ def validate(payload, limits: Limits):
 ROUTES = {"/retrieve": "POST", "/health": "GET"}
 
 
+def _doc_json(d, with_scores: bool) -> dict:
+  """One retrieved document in the Search-R1 answer's two shapes."""
+  if with_scores:
+    return {"document": {"id": d.id, "contents": d.contents}, "score": d.score}
+  return {"id": d.id, "contents": d.contents}
+
+
+class SearchHandler(BaseHTTPRequestHandler):
+  """The Search-R1 contract over HTTP/1.1; `make_server` binds `retriever`, `limits` and
+  `quiet`."""
+  retriever = None
+  limits = Limits()
+  quiet = True
+  protocol_version = "HTTP/1.1"
+  timeout = IDLE_TIMEOUT_S  # a stalled or idle connection is closed, its thread freed
+
+  def log_message(self, fmt, *args):
+    if not self.quiet:
+      super().log_message(fmt, *args)
+
+  def _send(self, code, obj, close=False, headers=()):
+    body = json.dumps(obj).encode("utf-8")
+    if close:
+      self.close_connection = True
+    self.send_response(code)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(body)))
+    for k, v in headers:
+      self.send_header(k, v)
+    if close:
+      self.send_header("Connection", "close")
+    self.end_headers()
+    if self.command != "HEAD":
+      self.wfile.write(body)
+
+  def _route(self) -> bool:
+    """Answers 404/405 unless the request's path and method are served; True if served."""
+    path = urlsplit(self.path).path
+    if path not in ROUTES:
+      self._send(404, {"error": f"no route {self.path[:200]}"})
+      return False
+    if self.command != ROUTES[path]:
+      self._send(405, {"error": f"{self.command} {path}: use {ROUTES[path]}"},
+                 headers=[("Allow", ROUTES[path])])
+      return False
+    return True
+
+  def __getattr__(self, name):  # any other method (PUT, DELETE, HEAD, ...): 404 or 405
+    if name.startswith("do_"):
+      return self._route
+    raise AttributeError(name)
+
+  def do_GET(self):
+    if self._route():
+      r = self.retriever
+      self._send(200, {"status": "ok", "kind": getattr(r, "kind", None),
+                       "num_docs": len(r.docs) if hasattr(r, "docs") else None})
+
+  def do_POST(self):
+    if not self._route():
+      return
+    raw = self._body()
+    if raw is None:
+      return
+    try:
+      payload = json.loads(raw.decode("utf-8"))
+      queries, topk, with_scores = validate(payload, self.limits)
+    except RecursionError:
+      self._send(400, {"error": "malformed JSON: nested too deeply"})
+      return
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      self._send(400, {"error": f"malformed JSON: {e}"})
+      return
+    except ValueError as e:
+      self._send(400, {"error": str(e)})
+      return
+    try:
+      results = self.retriever.retrieve(queries, topk)
+    except Exception as e:  # one bad search must not kill the server thread silently
+      self._send(500, {"error": f"{type(e).__name__}: {e}"})
+      return
+    self._send(200, {"result": [[_doc_json(d, with_scores) for d in docs] for docs in results]})
+
+  def _body(self):
+    """The request body, or None once an error has been answered (length missing, bad or
+    over MAX_BODY_BYTES: read and discarded up to DRAIN_BYTES so the client sees the
+    answer rather than a reset, then the connection is closed)."""
+    if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+      self._send(411, {"error": "send a Content-Length (chunked bodies are not accepted)"},
+                 close=True)
+      return None
+    try:
+      n = int(self.headers.get("Content-Length", "0"))
+    except ValueError:
+      n = -1
+    if n < 0:
+      self._send(400, {"error": "Content-Length must be a non-negative integer"}, close=True)
+      return None
+    if n > MAX_BODY_BYTES:
+      left = n if n <= DRAIN_BYTES else 0
+      while left > 0:
+        chunk = self.rfile.read(min(left, 1 << 16))
+        if not chunk:
+          break
+        left -= len(chunk)
+      self._send(413, {"error": f"body of {n} bytes is over the limit of {MAX_BODY_BYTES}"},
+                 close=True)
+      return None
+    raw = self.rfile.read(n)
+    if len(raw) < n:  # the client went away mid-body: nobody to answer
+      self.close_connection = True
+      raise ConnectionResetError(f"body ended after {len(raw)} of {n} bytes")
+    return raw
+
+
 def make_server(retriever, host="127.0.0.1", port=8000, limits: Limits = Limits(), quiet=True):
   """A ThreadingHTTPServer answering the Search-R1 contract (call serve_forever / shutdown)."""
-
-  class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_TIMEOUT_S  # a stalled or idle connection is closed, its thread freed
-
-    def log_message(self, fmt, *args):
-      if not quiet:
-        super().log_message(fmt, *args)
-
-    def _send(self, code, obj, close=False, headers=()):
-      body = json.dumps(obj).encode("utf-8")
-      if close:
-        self.close_connection = True
-      self.send_response(code)
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(body)))
-      for k, v in headers:
-        self.send_header(k, v)
-      if close:
-        self.send_header("Connection", "close")
-      self.end_headers()
-      if self.command != "HEAD":
-        self.wfile.write(body)
-
-    def _route(self) -> bool:
-      """Answers 404/405 unless the request's path and method are served; True if served."""
-      path = urlsplit(self.path).path
-      if path not in ROUTES:
-        self._send(404, {"error": f"no route {self.path[:200]}"})
-        return False
-      if self.command != ROUTES[path]:
-        self._send(405, {"error": f"{self.command} {path}: use {ROUTES[path]}"},
-                   headers=[("Allow", ROUTES[path])])
-        return False
-      return True
-
-    def __getattr__(self, name):  # any other method (PUT, DELETE, HEAD, ...): 404 or 405
-      if name.startswith("do_"):
-        return self._route
-      raise AttributeError(name)
-
-    def do_GET(self):
-      if self._route():
-        self._send(200, {"status": "ok", "kind": getattr(retriever, "kind", None),
-                         "num_docs": len(retriever.docs) if hasattr(retriever, "docs") else None})
-
-    def do_POST(self):
-      if not self._route():
-        return
-      raw = self._body()
-      if raw is None:
-        return
-      try:
-        payload = json.loads(raw.decode("utf-8"))
-        queries, topk, with_scores = validate(payload, limits)
-      except RecursionError:
-        self._send(400, {"error": "malformed JSON: nested too deeply"})
-        return
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        self._send(400, {"error": f"malformed JSON: {e}"})
-        return
-      except ValueError as e:
-        self._send(400, {"error": str(e)})
-        return
-      try:
-        results = retriever.retrieve(queries, topk)
-      except Exception as e:  # one bad search must not kill the server thread silently
-        self._send(500, {"error": f"{type(e).__name__}: {e}"})
-        return
-      out = []
-      for docs in results:
-        if with_scores:
-          out.append([{"document": {"id": d.id, "contents": d.contents}, "score": d.score}
-                      for d in docs])
-        else:
-          out.append([{"id": d.id, "contents": d.contents} for d in docs])
-      self._send(200, {"result": out})
-
-    def _body(self):
-      """The request body, or None once an error has been answered (length missing, bad or
-      over MAX_BODY_BYTES: read and discarded up to DRAIN_BYTES so the client sees the
-      answer rather than a reset, then the connection is closed)."""
-      if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-        self._send(411, {"error": "send a Content-Length (chunked bodies are not accepted)"},
-                   close=True)
-        return None
-      try:
-        n = int(self.headers.get("Content-Length", "0"))
-      except ValueError:
-        n = -1
-      if n < 0:
-        self._send(400, {"error": "Content-Length must be a non-negative integer"}, close=True)
-        return None
-      if n > MAX_BODY_BYTES:
-        left = n if n <= DRAIN_BYTES else 0
-        while left > 0:
-          chunk = self.rfile.read(min(left, 1 << 16))
-          if not chunk:
-            break
-          left -= len(chunk)
-        self._send(413, {"error": f"body of {n} bytes is over the limit of {MAX_BODY_BYTES}"},
-                   close=True)
-        return None
-      raw = self.rfile.read(n)
-      if len(raw) < n:  # the client went away mid-body: nobody to answer
-        self.close_connection = True
-        raise ConnectionResetError(f"body ended after {len(raw)} of {n} bytes")
-      return raw
-
-  return _Server((host, port), Handler)
+  handler = type("Handler", (SearchHandler,), dict(retriever=retriever, limits=limits,
+                                                   quiet=quiet))
+  return _Server((host, port), handler)
 
 
 class _Server(ThreadingHTTPServer):

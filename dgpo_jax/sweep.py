@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 def points(students, teachers, methods, seeds):
   """[(name, variant)] for the sweep; the teacher must be larger than the student."""
   from dgpo_jax.models.config import preset
-  from dgpo_jax.pipeline.train import METHODS
+  from dgpo_jax.pipeline.stages import METHODS
   out = []
   for m in methods:
     if m not in METHODS:

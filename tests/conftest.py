@@ -26,16 +26,11 @@ needs_smollm2 = pytest.mark.skipif(
 needs_shared = pytest.mark.skipif(not os.path.isfile(WIKI), reason="../shared/data not present")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
   for item in items:  # see pytest.ini: one xdist worker builds and reads the smoke run
     if "smoke_run" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.xdist_group("smoke"))
-
-
-def pytest_configure(config):
-  config.addinivalue_line(
-      "markers", "slow: starts processes of its own (`main`, 2-process runs) or uses the shared smoke run; "
-      "`python -m pytest -q -m 'not slow' tests` is the fast subset")
 
 
 @pytest.fixture
@@ -63,12 +58,25 @@ def run_main(workdir, *extra, config="configs/synthetic.py:lm", devices=2, timeo
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
   """One uninterrupted run of configs/synthetic.py:smoke, shared by the tests that read it
-  (end to end, evaluate/export, crash-resume and determinism). Returns its workdir."""
+  (end to end, evaluate/export, crash-resume and determinism), built once per test session
+  (those tests share one xdist worker, `pytest.ini`; the file lock keeps it once if they do
+  not). Tests only read it (or copy it). Returns its workdir."""
+  import fcntl
   if not os.path.isfile(WIKI):
     pytest.skip("../shared/data not present")
-  wd = tmp_path_factory.mktemp("smoke") / "s"
-  r = run_main(wd, config="configs/synthetic.py:smoke")
-  assert r.returncode == 0, r.stderr[-3000:]
+  base = tmp_path_factory.getbasetemp()
+  # xdist workers' base directories share a parent that is this session's own
+  root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smoke_shared"
+  root.mkdir(exist_ok=True)
+  wd, done = root / "s", root / "done"
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      import shutil
+      shutil.rmtree(wd, ignore_errors=True)  # a failed attempt of another worker
+      r = run_main(wd, config="configs/synthetic.py:smoke")
+      assert r.returncode == 0, r.stderr[-3000:]
+      done.touch()
   return wd
 
 

@@ -23,6 +23,7 @@ def test_paper_configs_have_reference_hyperparameters():
     assert (c.rollout.max_turns, c.retrieval.topk, c.retrieval.encoder) == (4, 3, "e5-base-v2")
 
 
+@pytest.mark.slow
 def test_plan_compiles_qwen05b_steps_and_checks_fit():
   assert len(jax.devices()) == 8
   c = qwen05b.get_config("plan_small")

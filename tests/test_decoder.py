@@ -84,6 +84,7 @@ def test_remat_gives_same_grads(tiny_model):
     np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_causal_blocks_and_unrolled_layers_give_the_same_logits_and_grads(tiny_model):
   """Query blocks (attn_chunk) skip masked keys and the unrolled layer stack (scan_unroll)
   compiles differently; neither may change the numbers (right-padded rows included)."""

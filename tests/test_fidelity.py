@@ -351,14 +351,14 @@ def test_grpo_kl_is_a_loss_as_the_reference():
   from configs import synthetic
   from dgpo_jax.models import config as model_config
   from dgpo_jax.models.decoder import Decoder
-  from dgpo_jax.pipeline import train
+  from dgpo_jax.pipeline import stages
   from dgpo_jax.rl import batch as B
   from dgpo_jax.rl import ppo
   c = synthetic.get_config()
   with c.unlocked():
     c.method = "grpo"
-  (_, opt), = train.plan(c)
-  assert (opt["kl_rows"], opt["kl_loss_coef"]) == ("none", 0.001)
+  (rl,) = stages.plan(c)
+  assert (rl.kl_rows, rl.kl_loss_coef) == ("none", 0.001)
   cfg = model_config.preset("tiny-llama", d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
                             d_ff=64, vocab_size=97)
   gd, p = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))

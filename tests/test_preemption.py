@@ -46,9 +46,10 @@ def _batch(step):
 
 def _fit(wd, batch_fn=_batch, steps=8, ckpt_every=4, logs=None):
   from dgpo_jax.train.loop import FitConfig, fit
+  from dgpo_jax.train.step import Model
   gd, params, sh, mesh = _tiny()
   fc = FitConfig(steps=steps, lr=1e-3, ckpt_every=ckpt_every, log_every=4, keep_ckpts=3)
-  return fit("t", str(wd), gd, params, sh, mesh, batch_fn, fc, 0,
+  return fit("t", str(wd), Model(None, gd, params, sh), mesh, batch_fn, fc, 0,
              (logs if logs is not None else []).append)
 
 

@@ -132,6 +132,7 @@ def test_repeated_non_finite_steps_stop_with_last_good_checkpoint(tmp_path):
   from dgpo_jax.parallel import sharding
   from dgpo_jax.train import lm
   from dgpo_jax.train.loop import FitConfig, fit
+  from dgpo_jax.train.step import Model
   cfg = C.preset("tiny-llama", vocab_size=64)
   mesh = sharding.make_mesh("data:1", devices=jax.devices()[:1])
   gd, params, sh = sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh, ())
@@ -149,7 +150,7 @@ def test_repeated_non_finite_steps_stop_with_last_good_checkpoint(tmp_path):
   logs = []
   with pytest.raises(DgpoError, match="3 consecutive non-finite steps.*Last good checkpoint: "
                                       "step 2"):
-    fit("nan", str(tmp_path), gd, params, sh, mesh, batch_fn, fc, 0, logs.append,
+    fit("nan", str(tmp_path), Model(None, gd, params, sh), mesh, batch_fn, fc, 0, logs.append,
         loss_fn=loss_fn)
   assert sum("non-finite loss or gradient; step skipped" in m for m in logs) == 3
   rows = [json.loads(l) for l in open(tmp_path / "metrics_nan.jsonl")]
@@ -160,6 +161,7 @@ def test_repeated_non_finite_steps_stop_with_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.slow
 @needs_shared
 def test_retrieval_server_under_load(tmp_path):
   """32 clients × 200 requests (one in ten malformed) against the real sample's BM25 index."""

@@ -198,6 +198,7 @@ def test_unfinished_or_missing_index_is_reported(tmp_path):
     IndexRetriever(str(tmp_path))
 
 
+@pytest.mark.slow
 @needs_shared
 @needs_minilm
 def test_index_cli_on_the_real_sample(tmp_path):

@@ -151,18 +151,24 @@ def _cfg(**kw):
 
 
 def test_plans_and_bad_combinations():
-  from dgpo_jax.pipeline import train
-  assert [k for k, _ in train.plan(_cfg())] == ["tgo", "kd", "rl"]
-  assert [k for k, _ in train.plan(_cfg(ablation="no_cold_start"))] == ["rl"]
-  assert [k for k, _ in train.plan(_cfg(ablation="inverted"))] == ["rl", "tgo", "kd"]
-  assert train.plan(_cfg(method="ppo"))[0][1]["kl_target"] == "reference"
-  assert train.plan(_cfg(method="sft_ppo"))[1][1]["lam"] == 0.0
-  assert train.plan(_cfg(ablation="uniform_kl"))[2][1]["kl_rows"] == "all"
+  from dgpo_jax.pipeline import stages
+  kinds = lambda **kw: [s.kind for s in stages.plan(_cfg(**kw))]
+  assert kinds() == ["tgo", "kd", "rl"]
+  assert kinds(ablation="no_cold_start") == ["rl"]
+  assert kinds(ablation="inverted") == ["rl", "tgo", "kd"]
+  assert stages.plan(_cfg(method="ppo"))[0] == stages.RL("reference", "all")
+  assert stages.plan(_cfg(method="sft_ppo"))[1] == stages.KD("ce_fkl", 0.0)
+  # the ablations that are config fields are those fields
+  for abl, field, value in (("uniform_kl", "ppo.kl_rows", "all"),
+                            ("no_teacher_guidance", "ppo.kl_rows", "none"),
+                            ("kd_with_incorrect_tgo", "tgo.keep_incorrect", True)):
+    assert stages.plan(_cfg(ablation=abl)) == stages.plan(_cfg(**{field: value})), abl
+  assert stages.plan(_cfg(ablation="uniform_kl"))[2].kl_rows == "all"
   for bad, match in ((dict(method="nope"), "config.method"),
                      (dict(method="ppo", ablation="uniform_kl"), "ablation of dgpo"),
                      (dict(ablation="typo"), "config.ablation")):
     with pytest.raises(DgpoError, match=match):
-      train.plan(_cfg(**bad))
+      stages.plan(_cfg(**bad))
   with pytest.raises(ValueError, match="kl_estimator"):
     ppo.PPOConfig(kl_estimator="k2")
 
@@ -176,6 +182,7 @@ def test_tgo_sets_are_keyed_by_what_determines_them():
   assert len(keys) == 6 and "allq-t0" in keys and "600q-t1" in keys
 
 
+@pytest.mark.slow
 def test_losses_on_listed_positions_equal_the_masked_losses(tiny_model):
   """SFT's LM loss and the KD loss computed on the gathered loss positions (`loss_idx`) equal
   the same losses over every position with the mask, values and gradients."""

@@ -70,6 +70,7 @@ def _train(mesh_spec, steps=3):
   return losses, jax.device_get(state["params"])
 
 
+@pytest.mark.slow
 def test_sharded_train_step_equals_single_device():
   ref_losses, ref_params = _train_single()
   losses, params = _train("data:2,fsdp:2,tensor:2")

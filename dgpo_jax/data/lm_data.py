@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from dgpo_jax.utils.errors import fail
+from dgpo_jax.utils import shapes
 
 ACTION_TAGS = ("<think>", "</think>", "<search>", "</search>", "<information>",
                "</information>", "<answer>", "</answer>")
@@ -73,12 +74,6 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.nd
   return perm[k * batch_size:(k + 1) * batch_size]
 
 
-def batch_width(lengths, multiple: int = 64):
-  """Row length(s) rounded up to `multiple` (at least `multiple`): the width of a
-  length-grouped batch whose longest row has that length. Works on ints and arrays."""
-  return np.maximum(multiple, -(-np.asarray(lengths) // multiple) * multiple)
-
-
 def length_grouped_batch(lengths: Sequence[int], batch_size: int, step: int, seed: int,
                          multiple: int = 64, group: int = 32) -> tuple[np.ndarray, int]:
   """(row ids, width) of the batch for `step`, with rows of similar length batched together.
@@ -96,7 +91,7 @@ def length_grouped_batch(lengths: Sequence[int], batch_size: int, step: int, see
   epoch, k = divmod(step, per_epoch)
   order = _grouped_order(lengths.tobytes(), n, batch_size, epoch, seed, group)
   idx = order[k]
-  width = int(batch_width(lengths[idx].max(), multiple))
+  width = int(shapes.round_up(lengths[idx].max(), multiple))
   return idx, width
 
 
@@ -142,7 +137,7 @@ def loss_caps(lengths: Sequence[int], loss_mask: np.ndarray, multiple: int = 64,
   """
   lengths = np.asarray(lengths)
   counts = np.asarray(loss_mask)[:, 1:].astype(bool).sum(1)
-  widths = batch_width(lengths, multiple)  # the widths length_grouped_batch gives
+  widths = shapes.round_up(lengths, multiple)  # the widths length_grouped_batch gives
   caps = {}
   for w in np.unique(widths):
     k = int(counts[widths <= w].max(initial=1))

@@ -107,9 +107,8 @@ def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.
                      partial: str = "") -> tuple:
   """(figures, trajectories) of one QA file; `partial` as in `rollouts`."""
   rows = f.rows
-  engine = RolloutEngine(None, tok, retriever, rc)
-  engine.sampler = engine.sampler_for(graphdef, params,
-                                      [q["question"] for q in rows])
+  engine = RolloutEngine.for_model(graphdef, params, tok, retriever, rc,
+                                   [q["question"] for q in rows])
   trajs = rollouts(engine, rows, batch_size, partial=partial)
   em = [exact_match(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
   f1 = [token_f1(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
@@ -136,9 +135,9 @@ def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages
   have = [i for i, g in enumerate(gold) if g]
   if not have:
     return None, 0
-  te = RolloutEngine(None, tok, retriever, dataclasses.replace(rc, max_turns=0))
-  te.sampler = te.sampler_for(graphdef, params, [rows[i]["question"] for i in have],
-                              margin=rc.max_obs_tokens)
+  te = RolloutEngine.for_model(graphdef, params, tok, retriever,
+                               dataclasses.replace(rc, max_turns=0),
+                               [rows[i]["question"] for i in have], margin=rc.max_obs_tokens)
   ctx = [[Doc(f"gold{j}", title, text, 0.0) for j, (title, text) in enumerate(gold[i])]
          for i in have]
   if jax.process_index() == 0:

@@ -40,15 +40,13 @@ class ModelConfig:
     bos_id, eos_ids, pad_id: special token ids (eos_ids is a tuple: chat models have several).
     attn_chunk: query block of causal attention in a plain forward (training, scoring):
       block [s, s+c) attends keys [0, s+c) only, skipping most of the masked triangle;
-      0 = one block. Exact either way; with one block the synthetic teacher's training
-      step takes 1.48× as long at 512 tokens (`python -m benchmarks.train_step`).
+      0 = one block. Exact either way; one block is slower for CPU training steps
+      (figures: docs/benchmarks.md, "Decoder choices").
     scan_unroll: layers per iteration of the scan over blocks in a plain forward
       (training, scoring; `lax.scan(unroll=...)`); n_layers unrolls the stack: faster for
-      tiny models on CPU (the synthetic teacher's step takes 1.1-1.45× as long rolled,
-      `benchmarks.train_step`), slower to compile for deep ones. Cached forwards (sampling)
-      keep the rolled scan: unrolled, XLA copies the cache around each layer, and a
-      multi-turn decode of the synthetic teacher took about 1.8× as long (an ad-hoc
-      measurement, not a repository benchmark).
+      tiny models on CPU, slower to compile for deep ones. Cached forwards (sampling) keep
+      the rolled scan: unrolled, XLA copies the cache around each layer (figures:
+      docs/benchmarks.md, "Decoder choices").
   """
 
   family: str

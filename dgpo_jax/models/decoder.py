@@ -98,8 +98,7 @@ def _dense(x, w, n_in: int = 1):
   """x [..., *in] @ w [*in, *out] as one 2-D matmul ([rows, in] × [in, out]).
 
   XLA:CPU runs the gradient dots of a 3-D einsum (contracting batch and time together)
-  slower than the same dots on flattened rows: the synthetic teacher's MLP forward+backward
-  takes 1.2-1.6× as long as 3-D einsums (`python -m benchmarks.train_step`).
+  slower than the same dots on flattened rows (docs/benchmarks.md, "Decoder choices").
   """
   lead, ins, outs = x.shape[:x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
   y = x.reshape(-1, math.prod(ins)) @ w.reshape(math.prod(ins), -1)

@@ -25,6 +25,7 @@ from dgpo_jax.models.config import ModelConfig
 from dgpo_jax.models import cpu_decode
 from dgpo_jax.models.decoder import init_cache
 from dgpo_jax.utils.errors import fail
+from dgpo_jax.utils import shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +47,6 @@ class DecodeResult(NamedTuple):
   logprobs: np.ndarray  # float32 [B, N]: log-prob of each sampled id (0 after stop)
   num_tokens: np.ndarray  # int32 [B]: tokens generated per row (stop sequence included)
   stop_index: np.ndarray  # int32 [B]: which stop sequence ended the row, -1 if none
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-  """Smallest power of two ≥ max(n, minimum)."""
-  return max(minimum, 1 << max(0, int(n - 1).bit_length()))
-
-
-def fine_bucket(n: int, minimum: int = 16) -> int:
-  """Smallest power of two or 1.5× power of two ≥ max(n, minimum): at most 1/3 padding."""
-  b = bucket(n, minimum)
-  return b * 3 // 4 if b >= 32 and b * 3 // 4 >= n else b
 
 
 def _pad_rows(rows: Sequence[Sequence[int]], width: int, pad: int) -> np.ndarray:
@@ -213,7 +203,7 @@ class Sampler:
   def _window(self, n: int) -> int:
     """Static attention window over the cache for a call whose rows hold ≤ n tokens: 0 for
     an empty cache, else a power-of-two bucket (few compiles, most of a big cache skipped)."""
-    return 0 if n <= 0 else min(bucket(n), self.cache_size)
+    return 0 if n <= 0 else min(shapes.pow2(n), self.cache_size)
 
   # ---- row selection (compaction of finished rows) ----
   @staticmethod
@@ -241,7 +231,7 @@ class Sampler:
     """A sub-batch of `rows`, padded (by repeating the first row) to a power-of-two size so
     few shapes compile. Returns (sub state, padded row ids)."""
     rows = list(rows)
-    size = min(bucket(len(rows), minimum=1), int(st.lengths.shape[0]))
+    size = min(shapes.pow2(len(rows), minimum=1), int(st.lengths.shape[0]))
     idx = np.asarray(rows + [rows[0]] * (size - len(rows)), np.int32)
     return self._place(self._take(st, jnp.asarray(idx))), idx
 
@@ -298,7 +288,7 @@ class Sampler:
            f"{self.cache_size}")
     if n.max(initial=0) == 0:
       return st
-    width = min(fine_bucket(int(n.max())), self.cache_size)
+    width = min(shapes.pow2_or_1p5(int(n.max())), self.cache_size)
     tokens = _pad_rows(chunks, width, self.pad_id)
     return self._chunk(self.params, st, jnp.asarray(tokens), jnp.asarray(n),
                        window=self._window(int(lengths.max())))
@@ -314,7 +304,7 @@ class Sampler:
     active = np.ones((B,), bool) if active is None else np.asarray(active, bool)
     active = active & (np.asarray(st.lengths) < self.cache_size)
     table, lens = stop_table(stop_seqs)
-    width = bucket(max_new_tokens)
+    width = shapes.pow2(max_new_tokens)
     longest = int(np.asarray(st.lengths).max(initial=0))
     st, toks, logps, n, stop_idx = self._decode(
         self.params, self.packed(), st, rng, jnp.asarray(active), jnp.int32(max_new_tokens),

@@ -142,6 +142,12 @@ def create_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh, rules=DEFAULT_RUL
   return graphdef, params, shardings
 
 
+def rules_of(config) -> tuple:
+  """The config's `sharding_rules` as a hashable ((logical axis, mesh axes), ...) table
+  (ml_collections hands back lists)."""
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
   """Sharding for a [batch, ...] array: batch over the rule's mesh axes."""
   target = dict(rules).get("batch")

@@ -1,10 +1,11 @@
 """Ahead-of-time lowering of the training steps from abstract shapes (no weights).
 
 `compile_steps(config)` builds the student, critic and teacher as shape-only pytrees with
-their shardings on the configured mesh, then lowers and compiles the KD update and the PPO
-experience pass and update for one mini-batch of `ppo.mini_batch` rows × `seq_len` tokens.
-It reports XLA's per-device memory and FLOP estimates, so a config can be checked before
-renting the hardware it names.
+their shardings on the configured mesh, then builds the method's steps with the very
+builders its stages call (`pipeline.steps`, `rl_stage.build_rl`) and lowers each on its own
+`spec`: the shapes and shardings a run passes (`tests/test_steps.py`). It reports XLA's
+per-device memory and FLOP estimates, so a config can be checked before renting the
+hardware it names.
 """
 
 import dataclasses
@@ -16,10 +17,10 @@ from flax import nnx
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder, ValueModel
 from dgpo_jax.parallel import sharding
-from dgpo_jax.pipeline.rl_stage import (optimizers, ppo_config, state_shardings,
-                                        updates_per_step)
-from dgpo_jax.rl import distill, ppo
-from dgpo_jax.train import lm
+from dgpo_jax.pipeline import stages
+from dgpo_jax.pipeline import steps
+from dgpo_jax.pipeline.rl_stage import build_rl, ppo_config
+from dgpo_jax.train.step import Model, abstract, sds
 
 
 @dataclasses.dataclass
@@ -46,109 +47,88 @@ def model_cfg(m) -> model_config.ModelConfig:
   return model_config.preset(m.preset, param_dtype=m.param_dtype, dtype=m.dtype)
 
 
-def abstract_model(cfg, mesh, rules, ctor=Decoder, remat=True):
+def abstract_model(cfg, mesh, rules, ctor=Decoder, remat=True) -> Model:
+  """A model of `cfg`'s shape on the mesh, its params ShapeDtypeStructs (nothing allocated)."""
   graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: ctor(cfg, rngs=nnx.Rngs(0),
                                                                 remat=remat)))
   shardings = sharding.state_shardings(abs_state, mesh, rules)
-  params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                        nnx.to_pure_dict(abs_state), shardings)
-  return graphdef, params, shardings
+  return Model(cfg, graphdef, abstract(nnx.to_pure_dict(abs_state), shardings), shardings)
 
 
-def _sds(shape, dtype, sh):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+def planned_steps(config, mesh, rules, student: Model, teacher: Model, seq_len: int) -> list:
+  """[(Step, spec kwargs)]: the jitted steps the method's stages run, built by the builders
+  the stages call (`pipeline.steps`, `rl_stage.build_rl`), for trajectories of `seq_len`."""
+  out, width = [], seq_len + 1
+  for stage in stages.plan(config):
+    if isinstance(stage, stages.KD):
+      step, _, _ = steps.kd_update(config, student, teacher, mesh, stage.loss, stage.lam, 1)
+      out.append((step, dict(width=width, loss_tokens=config.plan.get("loss_tokens", 0))))
+    elif isinstance(stage, (stages.RL, stages.GKD)):
+      gkd = isinstance(stage, stages.GKD)
+      pc = ppo_config(config, **({} if gkd else stage.ppo_overrides()))
+      other = teacher if gkd or stage.kl_target == "teacher" else student
+      critic = (abstract_model(student.cfg, mesh, rules, ValueModel, config.model.remat)
+                if not gkd and pc.use_critic else None)
+      run = build_rl(config, student, other, mesh, rules, "gkd" if gkd else "ppo", pc, critic)
+      out += [(s, dict(width=width)) for s in (run.experience, run.update) if s is not None]
+  return out
 
 
-def compile_steps(config, mesh=None, seq_len: int = 0,
-                  steps=("kd", "experience", "ppo", "rollout")):
-  """Lowers and compiles the named steps from abstract shapes; returns [Compiled].
+def compile_steps(config, mesh=None, seq_len: int = 0, rollout: bool = True):
+  """Lowers and compiles the method's steps from abstract shapes; returns [Compiled].
 
-  "rollout" is one generation segment of the agentic rollout: the sampler's jitted decode
-  of `rollout.max_turn_tokens` tokens for `ppo.questions_per_step × group_size` rows over a
-  KV cache sized for the whole trajectory (prompt + every turn and observation), rows split
-  over the data axes.
+  The KD update runs on `kd.batch_size` rows, with `plan.loss_tokens` loss positions (0:
+  every position, an upper bound); the experience pass on every row a step rolls out
+  (`steps.rl_rows`), the PPO update on `ppo.mini_batch` rows. "rollout_decode" is one
+  generation segment of the agentic rollout: the sampler's jitted decode of
+  `rollout.max_turn_tokens` tokens for the step's rows, sampled as RL samples
+  (`steps.rl_sampling`), over a KV cache sized for the whole trajectory (a prompt of
+  `plan.prompt_tokens`, every turn and observation), rows split over the data axes.
   """
   mesh = mesh or sharding.make_mesh(config.mesh)
-  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  rules = sharding.rules_of(config)
   s_cfg, t_cfg = model_cfg(config.model), model_cfg(config.teacher_model)
   if s_cfg.vocab_size > t_cfg.vocab_size:
     raise ValueError(f"student vocabulary {s_cfg.vocab_size} > teacher {t_cfg.vocab_size}")
-  s_gd, s_p, s_sh = abstract_model(s_cfg, mesh, rules, remat=config.model.remat)
-  t_gd, t_p, t_sh = abstract_model(t_cfg, mesh, rules, remat=config.model.remat)
-  c_gd, c_p, c_sh = abstract_model(s_cfg, mesh, rules, ValueModel, remat=config.model.remat)
-  rows = config.ppo.mini_batch
-  t = seq_len or config.plan.seq_len
-  bsh = lambda nd: sharding.batch_sharding(mesh, nd, rules)
-  tok = lambda w: _sds((rows, w), jnp.int32, bsh(2))
-  f32 = lambda w: _sds((rows, w), jnp.float32, bsh(2))
+  student = abstract_model(s_cfg, mesh, rules, remat=config.model.remat)
+  teacher = abstract_model(t_cfg, mesh, rules, remat=config.model.remat)
   out = []
-  pc = ppo_config(config)
-  k = config.kd
-  if "kd" in steps:
-    tx = lm.make_optimizer(k.lr, 1000)
-    shape = jax.eval_shape(lambda p: lm.init_state(p, tx), s_p)
-    st_sh = lm.state_shardings(tx, shape, s_sh, mesh)
-    state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shape, st_sh)
-    loss_fn = distill.make_loss(s_gd, t_gd, "ce_fkl", lam=k.lam, impl=config.kernel.impl,
-                                chunk=config.kernel.chunk, block=config.kernel.block)
-    bsh_kd = {n: bsh(2) for n in ("tokens", "mask", "loss_mask")}
-    upd = lm.make_update(s_gd, tx, st_sh, bsh_kd, loss_fn, t_sh)
-    batch = {n: tok(t + 1) for n in ("tokens", "mask", "loss_mask")}
-    out.append(Compiled("kd_update", upd.lower(state, batch, jax.random.key(0), t_p).compile()))
-  if "experience" in steps:
-    exp = ppo.make_experience(s_gd, c_gd, t_gd, pc, num_groups=config.ppo.questions_per_step)
-    batch = {"tokens": tok(t + 1), "mask": tok(t + 1), "gen": tok(t + 1), "last": tok(t + 1),
-             "score": _sds((rows,), jnp.float32, bsh(1)),
-             "group": _sds((rows,), jnp.int32, bsh(1))}
-    out.append(Compiled("ppo_experience", exp.lower(s_p, c_p, t_p, batch).compile()))
-  if "ppo" in steps:
-    p = config.ppo
-    tx_a, tx_c = optimizers(p, updates_per_step(p, pc.advantage))
-    shape = jax.eval_shape(lambda a, c: ppo.init_state(a, c, tx_a, tx_c), s_p, c_p)
-    st_sh = state_shardings(shape, {"actor": tx_a, "critic": tx_c},
-                            {"actor": s_sh, "critic": c_sh}, mesh)
-    state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shape, st_sh)
-    b_sh = {"tokens": bsh(2), "mask": bsh(2), **{n: bsh(2) for n in
-                                                 ("old_logp", "adv", "returns", "old_values",
-                                                  "gen", "vmask")}}
-    upd = ppo.make_update(s_gd, c_gd, tx_a, tx_c, pc, st_sh, b_sh)
-    batch = {"tokens": tok(t + 1), "mask": tok(t + 1),
-             **{n: f32(t) for n in ("old_logp", "adv", "returns", "old_values", "gen",
-                                    "vmask")}}
-    out.append(Compiled("ppo_update", upd.lower(state, batch, jax.random.key(0)).compile()))
-  if "rollout" in steps:
-    out.append(Compiled("rollout_decode", _lower_decode(config, s_gd, s_p, mesh, rules)))
+  for step, kw in planned_steps(config, mesh, rules, student, teacher,
+                                seq_len or config.plan.seq_len):
+    out.append(Compiled(step.name, step.lower(**kw).compile()))
+  if rollout:
+    out.append(Compiled("rollout_decode", _lower_decode(config, student, mesh, rules)))
   return out
 
 
 def rollout_shape(config) -> tuple:
-  """(rows, KV-cache tokens) of one rollout batch: every question's group, and the cache
+  """(rows, KV-cache tokens) of one RL step's rollout: `steps.rl_rows`, and the cache
   `RolloutConfig.cache_needed` sizes for a prompt of `plan.prompt_tokens`."""
-  from dgpo_jax.models.sampler import bucket
+  from dgpo_jax.utils import shapes
   from dgpo_jax.rollout.engine import RolloutConfig
   prompt = config.plan.get("prompt_tokens", 256)
-  return config.ppo.questions_per_step * config.ppo.group_size, bucket(
+  return steps.rl_rows(config, ppo_config(config).advantage), shapes.pow2(
       RolloutConfig.from_config(config).cache_needed(prompt))
 
 
-def _lower_decode(config, graphdef, params, mesh, rules):
+def _lower_decode(config, student: Model, mesh, rules):
   from dgpo_jax.models.decoder import init_cache
-  from dgpo_jax.models.sampler import Sampler, SamplerState, SamplingParams, bucket
-  r = config.rollout
+  from dgpo_jax.models.sampler import Sampler, SamplerState
+  from dgpo_jax.utils import shapes
   rows, cache = rollout_shape(config)
-  s = Sampler(graphdef, params, cache, 0, cpu_kernels=False)  # the accelerators' program
+  s = Sampler(student.graphdef, student.params, cache, 0, cpu_kernels=False)  # accelerators'
   shape = jax.eval_shape(lambda: SamplerState(init_cache(s.cfg, rows, cache),
                                               jnp.zeros((rows,), jnp.int32),
                                               jnp.zeros((rows, s.cfg.vocab_size), jnp.float32)))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   # the rows split as the rollout's sampler splits them
-  f = sharding.row_sharder(params, rules) or (lambda rows, ndim, axis: rep)
-  st = SamplerState({k: _sds(v.shape, v.dtype, f(rows, v.ndim, 1))
+  f = sharding.row_sharder(student.params, rules) or (lambda rows, ndim, axis: rep)
+  st = SamplerState({k: sds(v.shape, v.dtype, f(rows, v.ndim, 1))
                      for k, v in shape.cache.items()},
-                    _sds((rows,), jnp.int32, f(rows, 1, 0)),
-                    _sds((rows, s.cfg.vocab_size), jnp.float32, f(rows, 2, 0)))
+                    sds((rows,), jnp.int32, f(rows, 1, 0)),
+                    sds((rows, s.cfg.vocab_size), jnp.float32, f(rows, 2, 0)))
   return s._decode.lower(
-      params, None, st, jax.random.key(0), _sds((rows,), jnp.bool_, f(rows, 1, 0)),
-      _sds((), jnp.int32, rep), _sds((4, 3), jnp.int32, rep),
-      _sds((4,), jnp.int32, rep), sp=SamplingParams(temperature=r.temperature, top_p=r.top_p),
-      width=bucket(r.max_turn_tokens), attn_window=cache).compile()
+      student.params, None, st, jax.random.key(0), sds((rows,), jnp.bool_, f(rows, 1, 0)),
+      sds((), jnp.int32, rep), sds((4, 3), jnp.int32, rep),
+      sds((4,), jnp.int32, rep), sp=steps.rl_sampling(config),
+      width=shapes.pow2(config.rollout.max_turn_tokens), attn_window=cache).compile()

@@ -18,7 +18,7 @@ from typing import Optional
 import jax
 
 from dgpo_jax.data import qa
-from dgpo_jax.eval import evaluate as E
+from dgpo_jax.eval import evaluate as evaluation
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models import hf_io, registry
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
@@ -115,7 +115,7 @@ def load_checkpoint(config, path: str, mesh, rules, run_workdir: str = "") -> Lo
   step, state, _ = ckpt.restore(None)
   ckpt.close()
   where = f"--checkpoint={path} (step {step})"
-  params = jax.tree.map(jax.device_get, E.params_from_state(state, where))
+  params = jax.tree.map(jax.device_get, evaluation.params_from_state(state, where))
   run = run_workdir or _find_run_workdir(path)
   errors = []
   for role, cfg in expected.items():
@@ -171,7 +171,7 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
   corpus = corpus or (os.path.join(loaded.run_workdir, "world", "corpus.jsonl")
                       if "world" in config and loaded.run_workdir else config.data.corpus)
   want = {i for f in files for r in f.rows for i in (r.get("gold_ids") or [])}
-  passages = E.read_passages(corpus, want)
+  passages = evaluation.read_passages(corpus, want)
   rc = RolloutConfig.from_config(config)
   out = {"checkpoint": os.path.abspath(checkpoint), "model": dataclasses.asdict(loaded.cfg),
          "datasets": {}}
@@ -186,7 +186,7 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
       _, out["datasets"][f.name], samples[f.name] = kept
       continue
     print(f"[evaluate] {f.name}: {len(f.rows)} questions", flush=True)
-    figs, trajs = E.evaluate_dataset(loaded.graphdef, loaded.params, loaded.tokenizer,
+    figs, trajs = evaluation.evaluate_dataset(loaded.graphdef, loaded.params, loaded.tokenizer,
                                      retriever, rc, f, config.eval.batch_size, passages,
                                      thinking_too=thinking, partial=keep)
     out["datasets"][f.name] = figs
@@ -194,9 +194,9 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
     if jax.process_index() == 0:
       cli.write_json(done[-1], [what, figs, samples[f.name]])
     print(f"[evaluate] {f.name}: EM {figs['em']:.3f} F1 {figs['f1']:.3f}", flush=True)
-  out["average"] = E.average(out["datasets"])
+  out["average"] = evaluation.average(out["datasets"])
   out["wall_s"] = round(time.time() - t0, 1)
-  table = E.markdown(out)
+  table = evaluation.markdown(out)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     cli.write_json(os.path.join(workdir, "results.json"), out)

@@ -11,19 +11,17 @@ import jax
 import numpy as np
 
 from dgpo_jax.data import lm_data
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.sampler import Sampler, SamplingParams
+from dgpo_jax.utils import shapes
 from dgpo_jax.pipeline import setup
 from dgpo_jax.train.loop import FitConfig, fit
+from dgpo_jax.train.step import Model
 from dgpo_jax.utils.errors import fail
+from dgpo_jax.utils.progress import log
 
 
 def _is_main():
   return jax.process_index() == 0
-
-
-def _log(msg):
-  if _is_main():
-    print(msg, flush=True)
 
 
 def packed_data(config, tok):
@@ -31,7 +29,7 @@ def packed_data(config, tok):
   docs = [tok.encode(t) for t in texts]
   eos = tok.eos_ids[0] if tok.eos_ids else tok.pad_id
   rows = lm_data.pack(docs, config.data.seq_len, eos)
-  _log(f"[lm] {len(texts)} passages → {rows.shape[0]} sequences of {config.data.seq_len} tokens")
+  log(f"[lm] {len(texts)} passages → {rows.shape[0]} sequences of {config.data.seq_len} tokens")
   return rows
 
 
@@ -39,7 +37,7 @@ def sample(built, params, prompts, max_new_tokens, chat=False, seed=0):
   """Greedy continuations of `prompts` (one batched call)."""
   tok = built.tokenizer
   ids = [tok.encode(tok.apply_chat(p) if chat else p) for p in prompts]
-  sampler = Sampler(built.graphdef, params, bucket(max(map(len, ids)) + max_new_tokens),
+  sampler = Sampler(built.graphdef, params, shapes.pow2(max(map(len, ids)) + max_new_tokens),
                     pad_id=tok.pad_id)
   res = sampler.generate(ids, max_new_tokens, jax.random.key(seed), SamplingParams(greedy=True),
                          stop_seqs=[[e] for e in built.cfg.eos_ids])
@@ -51,7 +49,7 @@ def run(config, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   built = setup.build_model(config, workdir)
   mesh, t = built.mesh, config.train
-  _log(f"[lm] model {config.model.name}: {built.cfg.num_params() / 1e6:.2f}M params, "
+  log(f"[lm] model {config.model.name}: {built.cfg.num_params() / 1e6:.2f}M params, "
        f"mesh {dict(mesh.shape)}")
   if config.stage == "generate":
     return _write_samples(config, workdir, built, built.params, {})
@@ -65,8 +63,9 @@ def run(config, workdir: str):
     idx = lm_data.batch_indices(rows.shape[0], B, step, config.seed)
     return {"tokens": rows[idx], "mask": np.ones_like(rows[idx])}
 
-  params, last = fit("lm", workdir, built.graphdef, built.params, built.shardings, mesh,
-                     batch_fn, FitConfig.from_config(t), config.seed, _log)
+  params, last = fit("lm", workdir, Model(built.cfg, built.graphdef, built.params,
+                                           built.shardings), mesh,
+                     batch_fn, FitConfig.from_config(t), config.seed, log)
   return _write_samples(config, workdir, built, params, last)
 
 

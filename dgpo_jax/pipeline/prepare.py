@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 
 from dgpo_jax.data import lm_data
-from dgpo_jax.data import synthetic_world as SW
-from dgpo_jax.eval import evaluate as E
+from dgpo_jax.data import synthetic_world
+from dgpo_jax.eval import evaluate as evaluation
 from dgpo_jax.eval import probe
 from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models import config as model_config
@@ -30,16 +30,13 @@ from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import setup
 from dgpo_jax.retrieval import index as index_lib
 from dgpo_jax.retrieval.retriever import Doc, IndexRetriever
-from dgpo_jax.rollout import text as T
+from dgpo_jax.rollout import text as rollout_text
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.train.loop import FitConfig, fit
+from dgpo_jax.train.step import Model
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
-
-
-def _log(msg):
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+from dgpo_jax.utils.progress import log
 
 
 def world_seed(config) -> int:
@@ -55,11 +52,12 @@ def build_world(config, workdir):
   d = os.path.join(workdir, "world")
   meta_f = os.path.join(d, "meta.json")
   if not os.path.isfile(os.path.join(d, "test.jsonl")):
-    world = SW.generate(ws, w.n_countries, w.n_cities, w.n_orgs, w.n_people, w.n_works)
-    counts = SW.write(world, d + ".tmp", ws, (w.get("train_frac", 0.8), w.get("dev_frac", 0.1)))
+    world = synthetic_world.generate(ws, w.n_countries, w.n_cities, w.n_orgs, w.n_people, w.n_works)
+    counts = synthetic_world.write(world, d + ".tmp", ws,
+                                   (w.get("train_frac", 0.8), w.get("dev_frac", 0.1)))
     cli.write_json(os.path.join(d + ".tmp", "meta.json"), {"seed": ws, "counts": counts})
     os.replace(d + ".tmp", d) if not os.path.exists(d) else None
-    _log(f"[prepare] world: {counts}")
+    log(f"[prepare] world: {counts}")
   elif os.path.isfile(meta_f):
     held = json.load(open(meta_f))["seed"]
     if held != ws:
@@ -84,7 +82,7 @@ def demonstrations(config, workdir, tok, retriever, questions):
   if os.path.isfile(out_f):
     z = np.load(out_f)
     return z["tokens"], z["mask"], z["loss_mask"]
-  steps = [SW.oracle_steps(q) for q in questions]
+  steps = [synthetic_world.oracle_steps(q) for q in questions]
   rows = [(engine.prompt_ids(q["question"]), [], []) for q in questions]
   for hop in range(max(len(s) for s in steps)):
     pending = [i for i, s in enumerate(steps) if hop < len(s)]
@@ -134,10 +132,11 @@ def lm_documents(config, world_dir, tok, ws) -> list:
     w = config.world
     texts = []
     for seed in other_world_seeds(config):
-      other = SW.generate(seed, w.n_countries, w.n_cities, w.n_orgs, w.n_people, w.n_works)
+      other = synthetic_world.generate(seed, w.n_countries, w.n_cities, w.n_orgs, w.n_people,
+                                       w.n_works)
       texts += [text for _, _, text in other.passages()]
       if config.prep.drills:
-        texts += SW.reading_drills(other, set(), seed)
+        texts += synthetic_world.reading_drills(other, set(), seed)
   else:
     texts = [l.strip() for l in open(os.path.join(world_dir, "pretrain.txt"))]
     drills = os.path.join(world_dir, "drills.jsonl")
@@ -171,8 +170,8 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
     fc = FitConfig(steps=end, schedule_steps=p.sft_steps, lr=p.sft_lr,
                    warmup_steps=p.warmup_steps, log_every=config.train.log_every,
                    ckpt_every=min(config.train.ckpt_every, end))
-    params, m = fit("teacher_sft", workdir, graphdef, params, shardings, mesh, sft_batch, fc,
-                    ws, _log)
+    params, m = fit("teacher_sft", workdir, Model(None, graphdef, params, shardings), mesh,
+                    sft_batch, fc, ws, log)
     m = dict(m, steps=end)
     if target <= 0:
       break
@@ -180,7 +179,7 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
       history.append({"step": end, **validate(params)})
       if jax.process_index() == 0:
         cli.write_json(val_f, history, indent=2)
-      _log(f"[teacher_sft] step {end}: dev EM {history[k]['avg']:.3f} (target {target})")
+      log(f"[teacher_sft] step {end}: dev EM {history[k]['avg']:.3f} (target {target})")
     if history[k]["avg"] >= target:
       break
   return params, m
@@ -199,9 +198,9 @@ def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=
   """Greedy rollouts; EM overall and per family. Returns (summary, trajectories).
   `partial`, `preemptible`: as in `eval.evaluate.rollouts`."""
   rc = RolloutConfig.from_config(config)
-  engine = RolloutEngine(None, tok, retriever, rc)
-  engine.sampler = engine.sampler_for(graphdef, params, [q["question"] for q in questions])
-  trajs = E.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed,
+  engine = RolloutEngine.for_model(graphdef, params, tok, retriever, rc,
+                                   [q["question"] for q in questions])
+  trajs = evaluation.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed,
                      partial=partial, preemptible=preemptible)
   by_family = {}
   for q, t in zip(questions, trajs):
@@ -215,15 +214,17 @@ def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=
 
 
 def run(config, workdir):
-  """Prepares world, tokenizer, index, and the pretrained student and SFT'd teacher."""
+  """Prepares world, tokenizer, index, and the pretrained student and SFT'd teacher.
+  Returns (results, {"student": Model, "teacher": Model}, tokenizer, retriever)."""
   d = build_world(config, workdir)
   ws = world_seed(config)
   tok_prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
   if not os.path.isfile(tok_prefix + ".model"):
     train = cli.read_jsonl(os.path.join(d, "train.jsonl"))
     texts = [l.strip() for l in open(os.path.join(d, "pretrain.txt"))]
-    texts += [T.PROMPT, T.INVALID_ACTION] + [
-        " ".join(f"<think> {th} </think> <{k}> {p} </{k}>" for k, th, p in SW.oracle_steps(q))
+    texts += [rollout_text.PROMPT, rollout_text.INVALID_ACTION] + [
+        " ".join(f"<think> {th} </think> <{k}> {p} </{k}>"
+                 for k, th, p in synthetic_world.oracle_steps(q))
         for q in train[:2000]]
     lm_data.train_sentencepiece(texts, tok_prefix, config.tokenizer.vocab_size)
   tok = SentencePieceTokenizer(tok_prefix + ".model", chat_format="plain")
@@ -248,21 +249,21 @@ def run(config, workdir):
     if fresh:
       results.setdefault("probe", {})[key] = probe.accuracy(graphdef, params, probe_items,
                                                             tok.pad_id)
-      _log(f"[prepare] {key} probe: {results['probe'][key]}")
+      log(f"[prepare] {key} probe: {results['probe'][key]}")
 
   for which in ("student", "teacher"):
     cfg = model_cfg(config, which, tok)
     graphdef, params, shardings = sharding.create_sharded(
         lambda: Decoder(cfg, rngs=nnx.Rngs(ws + (which == "teacher"))), mesh, rules)
-    _log(f"[prepare] {which}: {cfg.num_params() / 1e6:.2f}M params")
+    log(f"[prepare] {which}: {cfg.num_params() / 1e6:.2f}M params")
     B = config.prep.batch_size
     lm_batch = lambda s: {"tokens": lm_rows[lm_data.batch_indices(len(lm_rows), B, s, ws)],
                           "mask": np.ones((B, lm_rows.shape[1]), np.int32)}
     fc = FitConfig(steps=config.prep.lm_steps, lr=config.prep.lm_lr,
                    warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,
                    ckpt_every=config.train.ckpt_every)
-    params, m = fit(f"{which}_lm", workdir, graphdef, params, shardings, mesh, lm_batch, fc,
-                    ws, _log)
+    params, m = fit(f"{which}_lm", workdir, Model(cfg, graphdef, params, shardings), mesh,
+                    lm_batch, fc, ws, log)
     results[f"{which}_lm_loss"] = m.get("loss")
     measure(f"{which}_lm", graphdef, params)
     if which == "teacher":
@@ -274,7 +275,7 @@ def run(config, workdir):
       results["teacher_sft_loss"] = m.get("loss")
       results["teacher_sft_steps"] = m.get("steps")
       measure("teacher_sft", graphdef, params)
-    models[which] = (cfg, graphdef, params, shardings)
+    models[which] = Model(cfg, graphdef, params, shardings)
     if jax.process_index() == 0 and not os.path.isfile(
         os.path.join(workdir, "models", which, "tokenizer.model")):  # HF-format copy: loadable by `ask`, `generate`, transformers
       hf_io.export_hf(os.path.join(workdir, "models", which), cfg, jax.device_get(params),
@@ -286,10 +287,10 @@ def run(config, workdir):
       return json.load(f), models, tok, retriever
   dev = cli.read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]
   for which in ("teacher", "student"):
-    cfg, graphdef, params, _ = models[which]
+    cfg, graphdef, params = models[which].cfg, models[which].graphdef, models[which].params
     summary, trajs = evaluate(cfg, graphdef, params, tok, retriever, config, dev)
     results[f"{which}_dev_em"] = summary
-    _log(f"[prepare] {which} dev EM: {summary}")
+    log(f"[prepare] {which} dev EM: {summary}")
   if jax.process_index() == 0:
     cli.write_json(done_f, results, indent=2)
   return results, models, tok, retriever

@@ -8,8 +8,8 @@ at the end; validation EM (greedy, dev subset) every `val_every` steps; metrics 
 """
 
 import dataclasses
-import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,25 +18,16 @@ from flax import nnx
 
 from dgpo_jax.data import lm_data
 from dgpo_jax.models.decoder import ValueModel
-from dgpo_jax.models.sampler import SamplingParams, fine_bucket
+from dgpo_jax.utils import shapes
 from dgpo_jax.parallel import distributed, sharding
-from dgpo_jax.rl import batch as B
+from dgpo_jax.rl import batch as rl_batch
+from dgpo_jax.pipeline import steps
 from dgpo_jax.rl import distill, ppo
 from dgpo_jax.rollout.engine import RolloutEngine
 from dgpo_jax.train import lm
-from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
-from dgpo_jax.utils import preemption
+from dgpo_jax.train.step import Model, place
+from dgpo_jax.train import loop
 from dgpo_jax.utils.errors import fail
-from dgpo_jax.utils.progress import MetricsWriter, Progress
-
-
-@dataclasses.dataclass
-class Model:
-  """A model on the mesh: its config, graphdef, params (pure dict) and their shardings."""
-  cfg: object
-  graphdef: object
-  params: dict
-  shardings: dict
 
 
 def updates_per_step(p, advantage: str) -> int:
@@ -96,147 +87,159 @@ def state_shardings(state_shape, txs, param_sh, mesh):
   return out
 
 
+@dataclasses.dataclass
+class RLRun:
+  """What one on-policy run steps with: its train state and layout, and its jitted steps."""
+  mode: str  # "ppo" (also DGPO and GRPO) or "gkd"
+  rows: int  # rows rolled out per step
+  txs: dict
+  shape: dict  # train-state shapes
+  state_sh: dict
+  init: object  # (student params[, critic params]) -> state
+  args: tuple
+  rollout_sh: dict  # how a step's rollout arrays are placed
+  critic: Optional[Model] = None
+  experience: Optional[steps.Step] = None
+  update: Optional[steps.Step] = None  # PPO mini-batch update, or GKD's (tokens, mask, loss_mask)
+
+  def policy(self, state) -> dict:
+    """The params being trained, in a train state of this run."""
+    return state["params"] if self.mode == "gkd" else state["actor"]["params"]
+
+
+def build_rl(config, student: Model, other: Model, mesh, rules, mode="ppo", pc=None,
+             critic: Optional[Model] = None) -> RLRun:
+  """The train state and jitted steps of an on-policy run; `plan` builds the same (with
+  abstract models). `critic`: made from the student (`make_critic`) when None and the
+  advantage estimator needs one."""
+  c = config.ppo
+  pc = pc or ppo_config(config)
+  rows = steps.rl_rows(config, pc.advantage)
+  if rows % c.mini_batch or c.mini_batch % pc.micro_batches:
+    fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
+         f"({c.mini_batch}), and mini_batch into micro_batches ({pc.micro_batches})")
+  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else updates_per_step(c, pc.advantage))
+  rollout_sh = steps.batch_shardings(mesh, steps.EXPERIENCE_FIELDS, rules)
+  if mode == "gkd":
+    loss_fn = distill.make_loss(student.graphdef, other.graphdef, "jsd",
+                                alpha=config.kd.jsd_beta, impl=pc.impl, chunk=pc.chunk,
+                                block=pc.block)
+    update, st_sh, shape = steps.train_update(
+        "gkd_update", student, tx_a, mesh, loss_fn,
+        {k: 2 for k in ("tokens", "mask", "loss_mask")}, rows, other, rules)
+    init = lambda a: lm.init_state(_fresh(a), tx_a)
+    return RLRun(mode, rows, {"policy": tx_a}, shape, st_sh, init, (student.params,),
+                 rollout_sh, update=update)
+  if not pc.use_critic:
+    critic = None
+  elif critic is None:
+    critic = make_critic(student, mesh, rules, config.seed, c.critic_head_init)
+  txs = {"actor": tx_a, "critic": tx_c}
+  param_sh = {"actor": student.shardings}
+  if critic is not None:
+    param_sh["critic"] = critic.shardings
+  init = lambda a, cr=None: ppo.init_state(_fresh(a), cr, tx_a, tx_c)
+  args = (student.params,) + ((critic.params,) if critic is not None else ())
+  shape = jax.eval_shape(init, *args)
+  st_sh = state_shardings(shape, txs, param_sh, mesh)
+  exp = steps.experience_step(student, critic, other, pc, mesh, rows, c.questions_per_step,
+                              rules)
+  upd = steps.ppo_update_step(student, critic, txs, pc, shape, st_sh, mesh, c.mini_batch, rules)
+  return RLRun(mode, rows, txs, shape, st_sh, init, args, rollout_sh, critic, exp, upd)
+
+
+def _ppo_step(run: RLRun, config, state, dev, other: Model, step: int, rng):
+  """Experience pass, then `ppo.epochs` shuffled passes of mini-batch updates. Returns
+  (state, metrics, why the step was skipped or "")."""
+  c = config.ppo
+  critic_p = state["critic"]["params"] if "critic" in state else None
+  exp, em = run.experience(state["actor"]["params"], critic_p, other.params, dev)
+  m = {k: float(v) for k, v in jax.device_get(em).items()}
+  if m["adv_finite"] < 1:
+    return state, m, "non-finite advantages"
+  full = {**{k: dev[k] for k in ("tokens", "mask")}, **exp}
+  ums = []
+  for sel in steps.mini_batches(run.rows, c.mini_batch, c.epochs,
+                                np.random.default_rng([config.seed, step])):
+    state, um = run.update(state, run.update.select(full, sel), rng)
+    ums.append(um)
+  m.update({k: float(np.mean([float(u[k]) for u in ums])) for k in ums[0]})
+  return state, m, "non-finite loss or gradient" if m["skipped"] >= 1 else ""
+
+
+def _gkd_step(run: RLRun, state, dev, other: Model, rng):
+  """One on-policy JSD update on the step's rollouts (GKD)."""
+  batch = {"tokens": dev["tokens"], "mask": dev["mask"], "loss_mask": dev["gen"]}
+  state, um = run.update(state, batch, rng, other.params)
+  m = {k: float(v) for k, v in jax.device_get(um).items()}
+  return state, m, "non-finite loss or gradient" if m["skipped"] >= 1 else ""
+
+
+def _rollout_batch(config, run: RLRun, engine, state, train_q, step, rng, sp, tok):
+  """The step's questions rolled out by the current policy, as arrays on the mesh."""
+  c = config.ppo
+  n_samples = run.rows // c.questions_per_step
+  idx = lm_data.batch_indices(len(train_q), c.questions_per_step, step, config.seed + 11)
+  qs = [train_q[i] for i in idx for _ in range(n_samples)]
+  engine.sampler.params = distributed.host_local(run.policy(state))
+  trajs = engine.run_sharded([q["question"] for q in qs], jax.random.fold_in(rng, step), sp)
+  longest = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
+  # Widths of 2^k or 1.5·2^k (≤ 1/3 padding): each new width compiles the experience
+  # pass and the update again, a few seconds each on CPU.
+  arr = rl_batch.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id,
+                            width=shapes.pow2_or_1p5(longest + 1, minimum=64))
+  arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
+  m = rl_batch.rollout_metrics(trajs, arr["score"])
+  m["rows"] = float(len(trajs))  # behind `em`: the interval of the first/last change
+  return place(arr, run.rollout_sh), m, float(arr["mask"].sum())
+
+
 def run_rl(name, config, workdir, student: Model, other: Model, engine_args, train_q, mesh,
-           rules, log, mode="ppo", evaluate=None, **ppo_over):
+           rules, log, mode="ppo", evaluate=None, engine=None, **ppo_over):
   """Trains the student on-policy. mode: "ppo" (also DGPO and GRPO, by `ppo_over`) or "gkd".
 
   Args:
     other: the KL target (teacher for DGPO, reference for PPO, teacher for GKD).
     engine_args: (tokenizer, retriever, RolloutConfig).
     evaluate: `f(params) -> summary dict` for periodic validation, or None.
+    engine: the RolloutEngine to roll out with (tests: a scripted policy); by default one
+      over the student's own sampler.
   Returns:
-    (final student params, last metrics).
+    (final student params, last metrics row; {} when the run had already finished).
   """
   c = config.ppo
-  pc = ppo_config(config, **ppo_over)
+  run = build_rl(config, student, other, mesh, rules, mode, ppo_config(config, **ppo_over))
   tok, retriever, rc = engine_args
-  steps, n_samples = c.steps, (c.group_size if pc.advantage == "grpo" else 1)
-  rows = c.questions_per_step * n_samples
-  if rows % c.mini_batch or c.mini_batch % pc.micro_batches:
-    fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
-         f"({c.mini_batch}), and mini_batch into micro_batches ({pc.micro_batches})")
-  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else updates_per_step(c, pc.advantage))
-  critic = make_critic(student, mesh, rules, config.seed, c.critic_head_init) if (
-      mode == "ppo" and pc.use_critic) else None
-  if mode == "gkd":
-    txs, param_sh = {"policy": tx_a}, {"policy": student.shardings}
-    init = lambda a: {"policy": {"params": _fresh(a), "opt_state": tx_a.init(a)},
-                      "step": jnp.zeros((), jnp.int32)}
-    args = (student.params,)
-  else:
-    txs = {"actor": tx_a, "critic": tx_c}
-    param_sh = {"actor": student.shardings}
-    if critic is not None:
-      param_sh["critic"] = critic.shardings
-    init = lambda a, cr=None: ppo.init_state(_fresh(a), cr, tx_a, tx_c)
-    args = (student.params,) + ((critic.params,) if critic is not None else ())
-  shape = jax.eval_shape(init, *args)
-  state_sh = state_shardings(shape, txs, param_sh, mesh)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), keep=config.train.keep_ckpts)
-  restored = ckpt.restore(abstract_like(shape, state_sh))
-  if restored is not None:
-    start, state, _ = restored
-    log(f"[{name}] resumed from step {start}")
-  else:
-    start, state = 0, jax.jit(init, out_shardings=state_sh)(*args)
-  if start >= steps:
-    ckpt.close()
-    key = "policy" if mode == "gkd" else "actor"
-    return state[key]["params"], {}
-
-  bsh = lambda nd: sharding.batch_sharding(mesh, nd, rules)
-  if mode == "gkd":
-    loss_fn = distill.make_loss(student.graphdef, other.graphdef, "jsd",
-                                alpha=config.kd.jsd_beta, impl=pc.impl, chunk=pc.chunk,
-                                block=pc.block)
-    upd = lm.make_update(student.graphdef, tx_a, {**state_sh["policy"], "step": state_sh["step"]},
-                         {k: bsh(2) for k in ("tokens", "mask", "loss_mask")}, loss_fn,
-                         other.shardings)
-  else:
-    experience = ppo.make_experience(student.graphdef, critic.graphdef if critic else None,
-                                     other.graphdef, pc, num_groups=c.questions_per_step)
-    update = ppo.make_update(student.graphdef, critic.graphdef if critic else None, tx_a,
-                             tx_c, pc)
-  policy_key = "policy" if mode == "gkd" else "actor"
-  engine = RolloutEngine(None, tok, retriever, rc)
-  # measured on a sample of the questions; the margin covers longer ones
-  engine.sampler = engine.sampler_for(student.graphdef, state[policy_key]["params"],
-                                      [q["question"] for q in train_q[:256]], margin=32)
-  sp = (SamplingParams(greedy=True) if c.temperature == 0 else
-        SamplingParams(temperature=c.temperature, top_p=c.top_p))
-  metrics_w = MetricsWriter(workdir, name=f"metrics_{name}", enabled=jax.process_index() == 0)
-  prog = Progress(name, steps, start=start)
+  init = lambda: jax.jit(run.init, out_shardings=run.state_sh)(*run.args)
+  ckpt, start, state = loop.restore_or_init(name, workdir, run.shape, run.state_sh, init,
+                                            config.train.keep_ckpts, log)
+  if engine is None:
+    # measured on a sample of the questions; the margin covers longer ones
+    engine = RolloutEngine.for_model(student.graphdef, run.policy(state), tok, retriever, rc,
+                                     [q["question"] for q in train_q[:256]], margin=32)
+  sp = steps.rl_sampling(config)
   rng = jax.random.key(config.seed + 101)
-  last, bad = {}, 0
-  for step in range(start, steps):
+
+  def step_fn(state, step):
     t0 = time.time()
-    idx = lm_data.batch_indices(len(train_q), c.questions_per_step, step, config.seed + 11)
-    qs = [train_q[i] for i in idx for _ in range(n_samples)]
-    engine.sampler.params = distributed.host_local(state[policy_key]["params"])
-    trajs = engine.run_sharded([q["question"] for q in qs], jax.random.fold_in(rng, step), sp)
-    longest = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
-    # Widths of 2^k or 1.5·2^k (≤ 1/3 padding): each new width compiles the experience
-    # pass and the update again, a few seconds each on CPU.
-    arr = B.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id,
-                              width=fine_bucket(longest + 1, minimum=64))
-    arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
-    m = B.rollout_metrics(trajs, arr["score"])
-    m["rows"] = float(len(trajs))  # behind `em`: the interval of the first/last change
+    dev, m, tokens = _rollout_batch(config, run, engine, state, train_q, step, rng, sp, tok)
     t_roll = time.time() - t0
-    dev = {k: sharding.global_array(v, bsh(np.ndim(v))) for k, v in arr.items()}
     if mode == "gkd":
-      batch = {"tokens": dev["tokens"], "mask": dev["mask"], "loss_mask": dev["gen"]}
-      state_l = {"params": state["policy"]["params"], "opt_state": state["policy"]["opt_state"],
-                 "step": state["step"]}
-      state_l, um = upd(state_l, batch, rng, other.params)
-      state = {"policy": {"params": state_l["params"], "opt_state": state_l["opt_state"]},
-               "step": state_l["step"]}
-      m.update({k: float(v) for k, v in jax.device_get(um).items()})
-      bad = bad + 1 if m["skipped"] >= 1 else 0
+      state, um, why = _gkd_step(run, state, dev, other, rng)
     else:
-      critic_p = state["critic"]["params"] if "critic" in state else None
-      exp, em = experience(state["actor"]["params"], critic_p, other.params, dev)
-      em = {k: float(v) for k, v in jax.device_get(em).items()}
-      m.update(em)
-      if em["adv_finite"] < 1:
-        bad += 1
-        log(f"[{name}] step {step + 1}: non-finite advantages; update skipped ({bad} in a row)")
-      else:
-        full = {**{k: dev[k] for k in ("tokens", "mask")}, **exp}
-        perm_rng = np.random.default_rng([config.seed, step])
-        ums = []
-        for _ in range(c.epochs):
-          perm = perm_rng.permutation(rows)
-          for s in range(0, rows, c.mini_batch):
-            sel = perm[s:s + c.mini_batch]
-            mb = jax.tree.map(lambda x: x[sel], full)
-            state, um = update(state, mb, rng)
-            ums.append(um)
-        um = {k: float(np.mean([float(u[k]) for u in ums])) for k in ums[0]}
-        m.update(um)
-        bad = bad + 1 if um["skipped"] >= 1 else 0
-    if bad >= c.max_bad_steps:
-      ckpt.close()
-      fail(f"[{name}] {bad} consecutive steps with non-finite losses or advantages (step "
-           f"{step + 1}); stopped. Last good checkpoint: step {ckpt.latest_step()}")
-    dt = time.time() - t0
-    m.update(step_time_s=dt, rollout_time_s=t_roll,
-             tokens_per_s=float(arr["mask"].sum()) / max(dt, 1e-9))
+      state, um, why = _ppo_step(run, config, state, dev, other, step, rng)
+    m.update(um, step_time_s=time.time() - t0, rollout_time_s=t_roll, tokens_in=tokens)
     if evaluate is not None and c.val_every and ((step + 1) % c.val_every == 0
-                                                 or step + 1 == steps):
-      m.update({f"val_{k}": v for k, v in evaluate(state[policy_key]["params"]).items()
+                                                 or step + 1 == c.steps):
+      m.update({f"val_{k}": v for k, v in evaluate(run.policy(state)).items()
                 if isinstance(v, float)})
-    metrics_w.write(step + 1, **m)
-    last = m
-    prog.count = step + 1
-    prog.update(0, extra=f"em {m['em']:.3f} kl {m.get('kl', 0):.4f} "
-                         f"searches {m['searches_per_question']:.2f}",
-                force=(step + 1) % config.train.log_every == 0)
-    stop = preemption.requested()  # collective: every process stops after the same step
-    # A skipped step is never saved: the newest checkpoint stays the last good one.
-    if ((step + 1) % config.train.ckpt_every == 0 or step + 1 == steps or stop) and not bad:
-      ckpt.save(step + 1, state, {"step": step + 1, "seed": config.seed})
-    if stop:
-      preemption.stop_at_checkpoint(name, ckpt)
-  ckpt.close()
-  return state[policy_key]["params"], last
+    return state, m, why
+
+  fc = loop.FitConfig(steps=c.steps, lr=c.actor_lr, log_every=config.train.log_every,
+                      ckpt_every=config.train.ckpt_every, keep_ckpts=config.train.keep_ckpts,
+                      max_bad_steps=c.max_bad_steps, metrics_every_step=True)
+  summary = lambda m: (f"em {m['em']:.3f} kl {m.get('kl', 0):.4f} "
+                       f"searches {m['searches_per_question']:.2f}")
+  state, last = loop.run_loop(name, workdir, ckpt, state, start, fc, step_fn, config.seed, log,
+                              summary)
+  return run.policy(state), last

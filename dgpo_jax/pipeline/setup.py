@@ -28,7 +28,7 @@ class Built:
 
 
 def rules(config):
-  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  return sharding.rules_of(config)
 
 
 def corpus_texts(config):

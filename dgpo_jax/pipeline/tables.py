@@ -20,14 +20,15 @@ import time
 
 import numpy as np
 
-from dgpo_jax.pipeline import prepare, train
+from dgpo_jax.pipeline import prepare, stages, train
 from dgpo_jax.pipeline.report import FAMILIES
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
+from dgpo_jax.utils.progress import log
 
 MAIN = (("dgpo", ""), ("ppo", ""), ("sft_ppo", ""), ("kd", ""), ("distillm", ""), ("taid", ""),
         ("gkd", ""), ("grpo", ""))
-ABLATIONS = tuple(("dgpo", a) for a in train.ABLATIONS if a)
+ABLATIONS = tuple(("dgpo", a) for a in stages.ABLATIONS if a)
 ARCAP_KEYS = ("thinking_em", "hit_ratio_first", "hit_ratio_all", "searches_per_question",
               "em_given_gold_retrieved", "answer_in_retrieved_share")
 # The paper's claims as paired comparisons of final-student test EM: (claim, run a, run b,
@@ -64,10 +65,6 @@ def _run_config(config, method, ablation, seed):
                   world=dict(config.world.to_dict(), seed=prepare.world_seed(config)))
 
 
-def _log(msg):
-  print(msg, flush=True)
-
-
 def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   """Runs `runs` × `seeds`; resumable (finished runs are read back). Returns the tables."""
   if "world" not in config:
@@ -76,16 +73,16 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   for m, a in runs:  # every run's plan and batch sizes, before any expensive work
     c = _variant(config, method=m, ablation=a)
-    train.plan(c)
+    stages.plan(c)
     train.check_batches(c, mesh)
   t0 = time.time()
   shared = os.path.join(workdir, "shared")
-  _, student, teacher, tok, retriever, train_q, _, _ = train.setup_run(config, shared)
+  _, student, teacher, env = train.setup_run(config, shared)
   # TGO once: as configured, and all trajectories (for kd_with_incorrect_tgo)
   for keep in sorted({bool(config.tgo.keep_incorrect), True}):
     c = _variant(config, tgo=dict(config.tgo.to_dict(), keep_incorrect=keep))
-    train.teacher_trajectories(c, shared, teacher, tok, retriever, train_q)
-  _log(f"[tables] preparation and TGO: {time.time() - t0:.0f} s")
+    train.teacher_trajectories(c, shared, teacher, env.tok, env.retriever, env.train_q)
+  log(f"[tables] preparation and TGO: {time.time() - t0:.0f} s")
   todo = [(s, m, a) for s in seeds for m, a in runs]
   done_n, t_runs = 0, time.time()
   results = {}
@@ -104,7 +101,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
     results[(seed, method, ablation)] = res
     done_n += 1
     rate = (time.time() - t_runs) / done_n
-    _log(f"[tables] {i + 1}/{len(todo)} done (seed {seed}, {tag(method, ablation)}); "
+    log(f"[tables] {i + 1}/{len(todo)} done (seed {seed}, {tag(method, ablation)}); "
          f"{rate:.0f} s per run, ETA {rate * (len(todo) - i - 1) / 60:.1f} min")
   tables = aggregate(results, seeds, runs)
   tables["claims"] = claims(results, seeds)
@@ -265,7 +262,7 @@ def plot_curves(curves: dict, path: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
-    _log("[tables] matplotlib is not installed: no curves.png (pip install matplotlib)")
+    log("[tables] matplotlib is not installed: no curves.png (pip install matplotlib)")
     return False
   fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
   for name, series in curves.items():
@@ -290,4 +287,4 @@ def write(workdir, tables, curves):
     f.write(md + f"\nWall time of this invocation (finished runs are read back, not redone): "
             f"{tables['wall_s'] / 60:.1f} min.\n")
   plot_curves(curves, os.path.join(workdir, "curves.png"))
-  _log(md)
+  log(md)

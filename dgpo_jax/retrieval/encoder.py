@@ -25,6 +25,7 @@ from flax import nnx
 
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import Progress
+from dgpo_jax.utils import shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,14 +194,9 @@ def resolve_encoder_dir(name: str, path: Optional[str] = None) -> str:
 
 
 def length_buckets(lengths: Sequence[int], max_len: int, minimum: int = 16) -> list[int]:
-  """Bucket (≥ minimum, ≤ max_len) for each length: powers of two and 1.5× powers of two,
-  so padding wastes at most a third of a batch and few shapes are compiled."""
-  sizes, b = [], minimum
-  while b < max_len:
-    sizes += [b, b * 3 // 2]
-    b *= 2
-  sizes = sorted(set(x for x in sizes if x < max_len)) + [max_len]
-  return [next(s for s in sizes if s >= min(n, max_len)) for n in lengths]
+  """Bucket (≥ minimum, ≤ max_len) for each length (`shapes.pow2_or_1p5`, capped): padding
+  wastes at most a third of a batch and few shapes are compiled."""
+  return [min(shapes.pow2_or_1p5(min(n, max_len), minimum), max_len) for n in lengths]
 
 
 class Encoder:

@@ -11,10 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from dgpo_jax.eval.metrics import exact_match
-
-
-def width_bucket(n: int, multiple: int = 64) -> int:
-  return max(multiple, -(-n // multiple) * multiple)
+from dgpo_jax.utils import shapes
 
 
 def to_arrays(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
@@ -22,7 +19,7 @@ def to_arrays(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int
               multiple: int = 64) -> dict:
   """{"tokens", "mask", "gen", "last"} int32 [B, W] (W ≥ the longest row, bucketed)."""
   lens = [len(p) + len(r) for p, r in zip(prompts, responses)]
-  w = width or width_bucket(max(lens) + 1, multiple)
+  w = width or shapes.round_up(max(lens) + 1, multiple)
   if max(lens) > w:
     raise ValueError(f"to_arrays: a row has {max(lens)} tokens, more than width {w}")
   b = len(prompts)

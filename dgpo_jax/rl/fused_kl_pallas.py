@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from dgpo_jax.models.sampler import bucket
-from dgpo_jax.rl import fused_kl as F
+from dgpo_jax.utils import shapes
+from dgpo_jax.rl import fused_kl
 
 _HI = jax.lax.Precision.HIGHEST  # float32 dots, not TF32, on GPU: the stats match to 1e-5
 
 
-_pow2 = functools.partial(bucket, minimum=1)  # the smallest power of two >= n
+_pow2 = functools.partial(shapes.pow2, minimum=1)  # the smallest power of two >= n
 
 
 def _kernel(hs_ref, ws_ref, ht_ref, wt_ref, y_ref, *out_refs, chunk, nc, v, bs, bt):
@@ -41,8 +41,8 @@ def _kernel(hs_ref, ws_ref, ht_ref, wt_ref, y_ref, *out_refs, chunk, nc, v, bs, 
   def body(c, acc):
     ms, ls, as_, bs_, mt, lt, at, bt_, ys, yt = acc
     col = c * chunk + jax.lax.broadcasted_iota(jnp.int32, (b, chunk), 1)
-    zs = jnp.where(col < v, logits(hs_ref, ws_ref, bs, c), F.NEG)
-    zt = jnp.where(col < v, logits(ht_ref, wt_ref, bt, c), F.NEG)
+    zs = jnp.where(col < v, logits(hs_ref, ws_ref, bs, c), fused_kl.NEG)
+    zt = jnp.where(col < v, logits(ht_ref, wt_ref, bt, c), fused_kl.NEG)
 
     def fold(m, l, a, bb, z, other):
       m_new = jnp.maximum(m, z.max(-1))
@@ -58,7 +58,7 @@ def _kernel(hs_ref, ws_ref, ht_ref, wt_ref, y_ref, *out_refs, chunk, nc, v, bs, 
     yt = yt + jnp.where(hit, zt, 0.0).sum(-1)
     return ms, ls, as_, bs_, mt, lt, at, bt_, ys, yt
 
-  neg, zero = jnp.full((b,), F.NEG, jnp.float32), jnp.zeros((b,), jnp.float32)
+  neg, zero = jnp.full((b,), fused_kl.NEG, jnp.float32), jnp.zeros((b,), jnp.float32)
   ms, ls, as_, bs_, mt, lt, at, bt_, ys, yt = jax.lax.fori_loop(
       0, nc, body, (neg, zero, zero, zero, neg, zero, zero, zero, zero, zero))
   lse_s, lse_t = ms + jnp.log(ls), mt + jnp.log(lt)
@@ -76,11 +76,11 @@ def _forward(h_s, w_s, h_t, w_t, y, block, chunk, interpret):
   nb, nc = -(-n // block), -(-v // chunk)
   bs, bt = min(64, _pow2(h_s.shape[1])), min(64, _pow2(h_t.shape[1]))
   ds, dt = -(-h_s.shape[1] // bs) * bs, -(-h_t.shape[1] // bt) * bt
-  hs = F._pad_to(F._pad_to(h_s, nb * block, 0), ds, 1)
-  ht = F._pad_to(F._pad_to(h_t, nb * block, 0), dt, 1)
-  yb = F._pad_to(y.astype(jnp.int32), nb * block, 0)
-  ws = F._pad_to(F._pad_to(w_s, nc * chunk, 1), ds, 0)
-  wt = F._pad_to(F._pad_to(w_t, nc * chunk, 1), dt, 0)
+  hs = fused_kl._pad_to(fused_kl._pad_to(h_s, nb * block, 0), ds, 1)
+  ht = fused_kl._pad_to(fused_kl._pad_to(h_t, nb * block, 0), dt, 1)
+  yb = fused_kl._pad_to(y.astype(jnp.int32), nb * block, 0)
+  ws = fused_kl._pad_to(fused_kl._pad_to(w_s, nc * chunk, 1), ds, 0)
+  wt = fused_kl._pad_to(fused_kl._pad_to(w_t, nc * chunk, 1), dt, 0)
   full = lambda a: pl.BlockSpec(a.shape, lambda i: (0, 0))
   rows = pl.BlockSpec((block,), lambda i: (i,))
   out = pl.pallas_call(
@@ -93,7 +93,7 @@ def _forward(h_s, w_s, h_t, w_t, y, block, chunk, interpret):
       interpret=interpret,
   )(hs, ws, ht, wt, yb)
   out = [o[:n] for o in out]
-  stats = {k: out[i] for i, k in enumerate(F.STATS)}
+  stats = {k: out[i] for i, k in enumerate(fused_kl.STATS)}
   return stats, tuple(out[5:9])
 
 
@@ -108,7 +108,7 @@ def _fwd(h_s, w_s, h_t, w_t, y, block, chunk, interpret):
 
 
 def _bwd(block, chunk, interpret, saved, g):
-  return F._bwd(block, chunk, saved, g)
+  return fused_kl._bwd(block, chunk, saved, g)
 
 
 _stats.defvjp(_fwd, _bwd)

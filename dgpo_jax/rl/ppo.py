@@ -94,8 +94,10 @@ def _stats(actor_gd, actor_p, other_gd, other_p, inputs, targets, valid, cfg):
   return {k: v.reshape(b, t) for k, v in st.items()}
 
 
-def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: int = 1):
-  """The jitted experience pass `(actor, critic, other, batch) -> dict of [B, T] arrays`."""
+def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: int = 1,
+                    in_shardings=None):
+  """The jitted experience pass `(actor, critic, other, batch) -> dict of [B, T] arrays`,
+  with `in_shardings` for its four arguments when given."""
 
   def experience(actor_p, critic_p, other_p, batch):
     inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
@@ -140,7 +142,7 @@ def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: i
                "adv_finite": finite.astype(jnp.float32)}
     return out, metrics
 
-  return jax.jit(experience)
+  return jax.jit(experience, in_shardings=in_shardings)
 
 
 def init_state(actor_params, critic_params, tx_actor, tx_critic):

@@ -19,11 +19,12 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from dgpo_jax.models.sampler import Sampler, SamplingParams, bucket
+from dgpo_jax.models.sampler import Sampler, SamplingParams
+from dgpo_jax.utils import shapes
 from dgpo_jax.models.tokenizer import Tokenizer
 from dgpo_jax.parallel import distributed, sharding
 from dgpo_jax.retrieval.retriever import RetrieverError, format_information
-from dgpo_jax.rollout import text as T
+from dgpo_jax.rollout import text as rollout_text
 from dgpo_jax.utils.errors import DgpoError
 
 
@@ -83,6 +84,18 @@ class Trajectory:
     self.flags[name] = self.flags.get(name, 0) + 1
 
 
+_NO_OBSERVATION = object()  # a turn that answered or ended its row: nothing to retrieve
+
+
+def _append_observation(t: Trajectory, ids):
+  """An observation block (not trained on) at the end of `t`'s response."""
+  start = len(t.response_ids)
+  t.response_ids += ids
+  t.loss_mask += [0] * len(ids)
+  t.logprobs += [0.0] * len(ids)
+  t.turns.append({"kind": "observation", "start": start, "end": len(t.response_ids)})
+
+
 def tag_token_seqs(tok: Tokenizer, tag: str) -> list:
   """Token sequences by which a tag can appear after common left contexts."""
   seqs = set()
@@ -111,6 +124,15 @@ class RolloutEngine:
     self.stops_with_search = self.answer_stops + self.search_stops + eos
     self.eos = set(tokenizer.eos_ids)
 
+  @classmethod
+  def for_model(cls, graphdef, params, tokenizer: Tokenizer, retriever, cfg: RolloutConfig,
+                questions: Sequence[str], margin: int = 0) -> "RolloutEngine":
+    """An engine over a sampler of the model whose cache fits rollouts of `questions`
+    (`sampler_for`)."""
+    engine = cls(None, tokenizer, retriever, cfg)
+    engine.sampler = engine.sampler_for(graphdef, params, questions, margin)
+    return engine
+
   def cache_needed(self, longest_prompt: int) -> int:
     return self.cfg.cache_needed(longest_prompt)
 
@@ -121,7 +143,7 @@ class RolloutEngine:
     params (see `run_sharded`)."""
     longest = max(len(self.prompt_ids(q)) for q in questions)
     params = distributed.host_local(params)
-    return Sampler(graphdef, params, bucket(self.cache_needed(longest + margin)),
+    return Sampler(graphdef, params, shapes.pow2(self.cache_needed(longest + margin)),
                    self.tok.pad_id, row_sharding=sharding.row_sharder(params))
 
   def run_sharded(self, questions: Sequence[str], rng, sp: SamplingParams = SamplingParams(),
@@ -139,15 +161,17 @@ class RolloutEngine:
     return distributed.allgather_objects(mine)
 
   def prompt_ids(self, question: str) -> list:
-    return self.tok.encode(self.tok.apply_chat(T.user_message(question)))
+    return self.tok.encode(self.tok.apply_chat(rollout_text.user_message(question)))
 
   def observation_ids(self, docs) -> list:
     """`\\n\\n<information>…</information>\\n\\n` ≤ max_obs_tokens, the documents' text
     stripped as the reference strips it (no newline before the closing tag); the documents
     are cut, never the closing tag, so a long passage cannot leave the block open."""
-    safe = [dataclasses.replace(d, title=T.neutralize(d.title, 300),
-                                text=T.neutralize(d.text, self.cfg.max_doc_chars)) for d in docs]
-    head, tail = self.tok.encode(T.INFO_OPEN), self.tok.encode(T.INFO_CLOSE)
+    safe = [dataclasses.replace(d, title=rollout_text.neutralize(d.title, 300),
+                                text=rollout_text.neutralize(d.text, self.cfg.max_doc_chars))
+            for d in docs]
+    head = self.tok.encode(rollout_text.INFO_OPEN)
+    tail = self.tok.encode(rollout_text.INFO_CLOSE)
     body = self.tok.encode(format_information(safe).strip())
     room = max(0, self.cfg.max_obs_tokens - len(head) - len(tail))
     return head + body[:room] + tail
@@ -162,23 +186,8 @@ class RolloutEngine:
         (run it with max_turns=0 so the model answers without searching).
     """
     cfg, s = self.cfg, self.sampler
-    trajs = [Trajectory(q, self.prompt_ids(q)) for q in questions]
-    longest = max(len(t.prompt_ids) for t in trajs)
-    need = self.cache_needed(longest + (cfg.max_obs_tokens if contexts is not None else 0))
-    if need > s.cache_size:
-      raise DgpoError(f"rollout needs a cache of {need} tokens (prompt {longest} + turns), the "
-                      f"sampler has {s.cache_size}; raise it or lower max_turns/max_turn_tokens")
-    st = s.prefill([t.prompt_ids for t in trajs])
-    if contexts is not None:
-      chunks = [self.observation_ids(docs) for docs in contexts]
-      for t, ch in zip(trajs, chunks):
-        t.response_ids += ch
-        t.loss_mask += [0] * len(ch)
-        t.logprobs += [0.0] * len(ch)
-        t.turns.append({"kind": "observation", "start": 0, "end": len(ch)})
-      st = s.append(st, chunks)
+    trajs, st = self._start(questions, contexts)
     for turn in range(cfg.max_turns + 1):
-      final = turn == cfg.max_turns
       live = [i for i, t in enumerate(trajs) if not t.done]
       if not live:
         break
@@ -190,72 +199,98 @@ class RolloutEngine:
       lengths = np.asarray(sub.lengths).copy()
       obs_rows, queries = [], []
       for r, i in enumerate(live):
-        t = trajs[i]
-        ids = res.tokens[r, :res.num_tokens[r]].tolist()
-        lps = res.logprobs[r, :res.num_tokens[r]].tolist()
-        ids, lps, cut = self._cut_at_tag(ids, lps)
-        if not final and ids and ids[-1] in self.eos and not self._has_action(ids):
-          # EOS without an action before the last turn: the reference strips the EOS and
-          # answers with the invalid-action message, so the row goes on (and the EOS is not
-          # trained on).
-          ids, lps, cut = ids[:-1], lps[:-1], cut + 1
-          t.flag("eos_without_action")
+        n = int(res.num_tokens[r])
+        cut, query = self._record_turn(trajs[i], res.tokens[r, :n].tolist(),
+                                       res.logprobs[r, :n].tolist(), n,
+                                       final=turn == cfg.max_turns)
         lengths[r] -= cut
-        start = len(t.response_ids)
-        t.response_ids += ids
-        t.loss_mask += [1] * len(ids)
-        t.logprobs += lps
-        turn_text = self.tok.decode(ids)
-        kind, payload = T.classify_turn(turn_text, search_allowed=not final)
-        if kind == "invalid" and ids and ids[-1] in self.eos:
-          kind = "eos"
-        t.turns.append({"kind": "generate", "start": start, "end": len(t.response_ids),
-                        "action": kind})
-        if res.num_tokens[r] >= cfg.max_turn_tokens and kind == "invalid":
-          t.flag("turn_truncated")
-        if kind == "answer":
-          t.answer, t.done = payload, True
-        elif kind == "eos" or final:
-          t.done = True
-          t.flag("no_answer")
-        elif kind == "search":
-          q = payload
-          if not q:
-            t.flag("empty_query")
-          elif len(q) > cfg.max_query_chars:
-            t.flag("long_query")
-            q = q[:cfg.max_query_chars]
+        if query is not _NO_OBSERVATION:
           obs_rows.append(r)
-          queries.append(q)
-        else:
-          t.flag("invalid_action")
-          obs_rows.append(r)
-          queries.append(None)
+          queries.append(query)
       sub = s.set_lengths(sub, lengths)
       if obs_rows:
-        chunks = self._observations([trajs[live[r]] for r in obs_rows], queries)
-        room = min(s.cache_size, cfg.max_context or s.cache_size) - lengths
-        full = [[] for _ in range(len(idx))]
-        for r, ch in zip(obs_rows, chunks):
-          t = trajs[live[r]]
-          if len(ch) + cfg.max_turn_tokens > room[r]:
-            t.flag("context_full")
-            t.done = True
-            continue
-          full[r] = ch
-          start = len(t.response_ids)
-          t.response_ids += ch
-          t.loss_mask += [0] * len(ch)
-          t.logprobs += [0.0] * len(ch)
-          t.turns.append({"kind": "observation", "start": start, "end": len(t.response_ids)})
-        sub = s.append(sub, full)
+        sub = self._observe(sub, [trajs[live[r]] for r in obs_rows], obs_rows, queries,
+                            lengths)
       st = s.put_rows(st, idx, len(live), sub)
     for t in trajs:
       t.done = True
     return trajs
 
+  def _start(self, questions, contexts):
+    """The trajectories and the sampler state after their prompts (and contexts)."""
+    s = self.sampler
+    trajs = [Trajectory(q, self.prompt_ids(q)) for q in questions]
+    longest = max(len(t.prompt_ids) for t in trajs)
+    need = self.cache_needed(longest + (self.cfg.max_obs_tokens if contexts is not None else 0))
+    if need > s.cache_size:
+      raise DgpoError(f"rollout needs a cache of {need} tokens (prompt {longest} + turns), the "
+                      f"sampler has {s.cache_size}; raise it or lower max_turns/max_turn_tokens")
+    st = s.prefill([t.prompt_ids for t in trajs])
+    if contexts is not None:
+      chunks = [self.observation_ids(docs) for docs in contexts]
+      for t, ch in zip(trajs, chunks):
+        _append_observation(t, ch)
+      st = s.append(st, chunks)
+    return trajs, st
+
+  def _record_turn(self, t: Trajectory, ids, lps, generated: int, final: bool):
+    """Appends one generated turn to `t` and classifies it. Returns (tokens cut off the
+    sampler's row, the query to search: a string, None for the invalid-action message, or
+    `_NO_OBSERVATION` when the row answered or ended)."""
+    cfg = self.cfg
+    ids, lps, cut = self._cut_at_tag(ids, lps)
+    if not final and ids and ids[-1] in self.eos and not self._has_action(ids):
+      # EOS without an action before the last turn: the reference strips the EOS and
+      # answers with the invalid-action message, so the row goes on (and the EOS is not
+      # trained on).
+      ids, lps, cut = ids[:-1], lps[:-1], cut + 1
+      t.flag("eos_without_action")
+    start = len(t.response_ids)
+    t.response_ids += ids
+    t.loss_mask += [1] * len(ids)
+    t.logprobs += lps
+    kind, payload = rollout_text.classify_turn(self.tok.decode(ids), search_allowed=not final)
+    if kind == "invalid" and ids and ids[-1] in self.eos:
+      kind = "eos"
+    t.turns.append({"kind": "generate", "start": start, "end": len(t.response_ids),
+                    "action": kind})
+    if generated >= cfg.max_turn_tokens and kind == "invalid":
+      t.flag("turn_truncated")
+    if kind == "answer":
+      t.answer, t.done = payload, True
+      return cut, _NO_OBSERVATION
+    if kind == "eos" or final:
+      t.done = True
+      t.flag("no_answer")
+      return cut, _NO_OBSERVATION
+    if kind != "search":
+      t.flag("invalid_action")
+      return cut, None
+    if not payload:
+      t.flag("empty_query")
+    elif len(payload) > cfg.max_query_chars:
+      t.flag("long_query")
+      payload = payload[:cfg.max_query_chars]
+    return cut, payload
+
+  def _observe(self, sub, trajs, rows, queries, lengths):
+    """Retrieves for `trajs` (rows `rows` of the sampler state `sub`) and appends each
+    observation that leaves room for another turn; a row without that room ends."""
+    s, cfg = self.sampler, self.cfg
+    chunks = self._observations(trajs, queries)
+    room = min(s.cache_size, cfg.max_context or s.cache_size) - lengths
+    full = [[] for _ in range(len(lengths))]
+    for t, r, ch in zip(trajs, rows, chunks):
+      if len(ch) + cfg.max_turn_tokens > room[r]:
+        t.flag("context_full")
+        t.done = True
+        continue
+      full[r] = ch
+      _append_observation(t, ch)
+    return s.append(sub, full)
+
   def _has_action(self, ids) -> bool:
-    return T.classify_turn(self.tok.decode(ids), search_allowed=True)[0] != "invalid"
+    return rollout_text.classify_turn(self.tok.decode(ids), search_allowed=True)[0] != "invalid"
 
   def _cut_at_tag(self, ids, lps):
     """Cuts a turn after the first closing tag found in its decoded text (the host-side
@@ -287,7 +322,7 @@ class RolloutEngine:
     for k, q in enumerate(queries):
       t = trajs[k]
       if q is None:  # invalid action
-        chunks[k] = self.tok.encode(T.INVALID_ACTION)
+        chunks[k] = self.tok.encode(rollout_text.INVALID_ACTION)
         continue
       docs = results.get(k, [])  # empty query or failed retrieval: an empty block
       t.num_searches += 1

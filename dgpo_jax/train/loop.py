@@ -1,19 +1,25 @@
-"""A resumable host training loop around one jitted update, shared by the LM-style stages
-(pretraining, SFT, later KD): checkpoints every N steps, progress and metrics JSONL, and the
-batch for step s drawn by a pure function of s (so a resumed run sees the same data)."""
+"""The one resumable host loop every training stage runs through (LM pretraining, SFT, KD,
+PPO/DGPO/GRPO and GKD): restore or initialize, step, count skipped steps, write metrics and
+progress, checkpoint, stop on a preemption request.
+
+A stage supplies a `step_fn(state, step) -> (state, metrics, bad)`; the batch or rollout of
+step s is a pure function of s, so a resumed run sees the same data. `fit` is the LM-style
+stages' step function around one jitted update; `pipeline.rl_stage` supplies the on-policy
+one.
+"""
 
 import dataclasses
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import numpy as np
 
-from dgpo_jax.parallel import sharding
 from dgpo_jax.train import lm
-from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
+from dgpo_jax.train.step import Model, place, train_update
 from dgpo_jax.utils import preemption
+from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import MetricsWriter, Progress
 
@@ -30,73 +36,100 @@ class FitConfig:
   keep_ckpts: int = 2
   schedule_steps: int = 0  # length of the LR schedule (0 = steps); lets a run grow by epochs
   max_bad_steps: int = 3  # consecutive non-finite steps (each skipped) before stopping
+  metrics_every_step: bool = False  # a metrics row per step (RL), else every log_every
 
   @classmethod
   def from_config(cls, c) -> "FitConfig":
     return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c})
 
 
-def fit(name: str, workdir: str, graphdef, params, param_shardings, mesh,
-        batch_fn: Callable[[int], dict], fc: FitConfig, seed: int = 0, log=print,
-        loss_fn: Callable = lm.lm_loss, frozen=None, frozen_sh=None):
-  """Trains `params` for fc.steps with `batch_fn(step) -> {"tokens", "mask"[, "loss_mask"]}`.
+def optimizer(fc: FitConfig):
+  """The optimizer a `fit` run trains with (AdamW on a warmup-cosine schedule)."""
+  return lm.make_optimizer(fc.lr, fc.schedule_steps or fc.steps, fc.warmup_steps,
+                           fc.weight_decay, fc.grad_clip)
 
-  Resumes from `workdir/checkpoints/<name>` when a checkpoint exists. `loss_fn` and
-  `frozen` (untrained params it reads, e.g. a teacher) go to `lm.make_update`. A step whose
-  loss or gradient is not finite is skipped (params unchanged) and logged; `max_bad_steps`
-  in a row stop the run with the last good checkpoint intact. Returns
-  (params, last logged metrics).
-  """
-  tx = lm.make_optimizer(fc.lr, fc.schedule_steps or fc.steps, fc.warmup_steps,
-                         fc.weight_decay, fc.grad_clip)
-  shape = jax.eval_shape(lambda p: lm.init_state(p, tx), params)
-  state_sh = lm.state_shardings(tx, shape, param_shardings, mesh)
-  example = batch_fn(0)
-  batch_sh = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in example.items()}
-  update = lm.make_update(graphdef, tx, state_sh, batch_sh, loss_fn, frozen_sh)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), keep=fc.keep_ckpts)
+
+def restore_or_init(name: str, workdir: str, shape, state_sh, init: Callable, keep: int, log):
+  """(checkpointer, first step, state): the newest checkpoint of `workdir/checkpoints/<name>`
+  placed with `state_sh`, or `init()` at step 0."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), keep=keep)
   restored = ckpt.restore(abstract_like(shape, state_sh))
-  if restored is not None:
-    start, state, meta = restored
-    log(f"[{name}] resumed from step {start}")
-  else:
-    start = 0
-    state = jax.jit(lambda p: lm.init_state(p, tx), out_shardings=state_sh)(params)
+  if restored is None:
+    return ckpt, 0, init()
+  start, state, _ = restored
+  log(f"[{name}] resumed from step {start}")
+  return ckpt, start, state
+
+
+def run_loop(name: str, workdir: str, ckpt: Checkpointer, state, start: int, fc: FitConfig,
+             step_fn: Callable, seed: int = 0, log=print,
+             summary: Callable[[dict], str] = lambda m: f"loss {m.get('loss', 0):.4f}"):
+  """Runs `step_fn(state, step) -> (state, metrics, bad)` for steps `start`…`fc.steps − 1`.
+
+  `bad` is "" or why the step was skipped (its state unchanged); `fc.max_bad_steps` in a row
+  stop the run with the last good checkpoint intact, and a skipped step is never saved.
+  Metrics rows (with `tokens_per_s` from the metrics' `tokens_in`) go to
+  `metrics_<name>.jsonl` every `fc.log_every` steps (every step with `metrics_every_step`),
+  checkpoints every `fc.ckpt_every` and at the end. On a preemption request the step in
+  progress finishes, is saved, and the process exits. Returns (state, last metrics row).
+  """
   metrics = MetricsWriter(workdir, name=f"metrics_{name}", enabled=jax.process_index() == 0)
   prog = Progress(name, fc.steps, start=start)
-  last, t_last, tokens, bad = {}, time.time(), 0, 0
-  rng = jax.random.key(seed)
+  last, bad, t_last, tokens = {}, 0, time.time(), 0.0
   for step in range(start, fc.steps):
-    host = batch_fn(step)
-    batch = {k: sharding.global_array(v, batch_sh[k]) for k, v in host.items()}
-    state, m = update(state, batch, jax.random.fold_in(rng, step), frozen)
-    tokens += int(host["tokens"].size)
+    state, m, why = step_fn(state, step)
+    tokens += m.pop("tokens_in", 0.0)
+    bad = bad + 1 if why else 0
+    if why:
+      log(f"[{name}] step {step + 1}: {why}; step skipped ({bad} in a row)")
     prog.count = step + 1
     stop = preemption.requested()  # collective: every process stops after the same step
-    if float(m["skipped"]):
-      bad += 1
-      log(f"[{name}] step {step + 1}: non-finite loss or gradient; step skipped "
-          f"({bad} in a row)")
-    else:
-      bad = 0
-    if bad and (step + 1) % fc.log_every and step + 1 != fc.steps:  # else the log row says it
-      metrics.write(step + 1, skipped=1.0)
-    elif ((step + 1) % fc.log_every == 0 or step + 1 == fc.steps or bad >= fc.max_bad_steps
-          or stop):
-      last = {k: float(v) for k, v in jax.device_get(m).items()}
+    end = step + 1 == fc.steps or bad >= fc.max_bad_steps or stop
+    if fc.metrics_every_step or (step + 1) % fc.log_every == 0 or end:
       now = time.time()
-      last["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
-      t_last, tokens = now, 0
+      last = dict(m, tokens_per_s=tokens / max(now - t_last, 1e-9))
+      t_last, tokens = now, 0.0
       metrics.write(step + 1, **last)
-      prog.update(0, extra=f"loss {last['loss']:.4f}", force=True)
+      prog.update(0, extra=summary(last), force=(step + 1) % fc.log_every == 0 or end)
+    elif bad:
+      metrics.write(step + 1, skipped=1.0)
     if bad >= fc.max_bad_steps:
       ckpt.close()
       fail(f"[{name}] {bad} consecutive non-finite steps (last at step {step + 1}); stopped. "
            f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
-    # A skipped step is never saved: the newest checkpoint stays the last good one.
     if ((step + 1) % fc.ckpt_every == 0 or step + 1 == fc.steps or stop) and not bad:
-      ckpt.save(step + 1, state, {"data_step": step + 1, "seed": seed})
+      ckpt.save(step + 1, state, {"step": step + 1, "seed": seed})
     if stop:
       preemption.stop_at_checkpoint(name, ckpt)
   ckpt.close()
+  return state, last
+
+
+def fit(name: str, workdir: str, model: Model, mesh, batch_fn: Callable[[int], dict],
+        fc: FitConfig, seed: int = 0, log=print, loss_fn: Callable = lm.lm_loss,
+        frozen: Optional[Model] = None):
+  """Trains `model.params` for fc.steps with `batch_fn(step) -> {"tokens", "mask", ...}`.
+
+  Resumes from `workdir/checkpoints/<name>` when a checkpoint exists. `loss_fn` and
+  `frozen` (a model it reads but does not train, e.g. a teacher) go to `lm.make_update`
+  through `step.train_update`. A step whose loss or gradient is not finite is skipped
+  (params unchanged). Returns (params, last logged metrics).
+  """
+  example, tx = batch_fn(0), optimizer(fc)
+  update, state_sh, shape = train_update(
+      name, model, tx, mesh, loss_fn, {k: np.ndim(v) for k, v in example.items()},
+      len(example["tokens"]), frozen)
+  init = lambda: jax.jit(lambda p: lm.init_state(p, tx), out_shardings=state_sh)(model.params)
+  ckpt, start, state = restore_or_init(name, workdir, shape, state_sh, init, fc.keep_ckpts, log)
+  rng = jax.random.key(seed)
+
+  def step_fn(state, step):
+    host = batch_fn(step)
+    state, m = update(state, place(host, update.batch_sh), jax.random.fold_in(rng, step),
+                      frozen.params if frozen is not None else None)
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    m["tokens_in"] = float(host["tokens"].size)
+    return state, m, "non-finite loss or gradient" if m["skipped"] else ""
+
+  state, last = run_loop(name, workdir, ckpt, state, start, fc, step_fn, seed, log)
   return state["params"], last

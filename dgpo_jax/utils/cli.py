@@ -124,7 +124,7 @@ def compilation_cache(path: str):
 
   A run compiles dozens of fixed-shape programs (each rollout width, the update steps); a
   resumed run, a later stage or another seed of the same config loads them instead of
-  compiling again (the smoke run: 81 s → 34 s on 2 CPU cores). Entries are keyed by the
+  compiling again (figures: docs/benchmarks.md, "Decoder choices"). Entries are keyed by the
   program and the compiler, so a stale entry is never used; an unreadable one is compiled
   again (JAX warns)."""
   if not path:

@@ -6,6 +6,13 @@ import sys
 import time
 
 
+def log(msg: str):
+  """A line on stdout from process 0 only (every process runs the same host loop)."""
+  import jax
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
 class Progress:
   """Prints `name step/total  rate/s  ETA` at most every `every_s` seconds."""
 
