@@ -70,6 +70,7 @@ def test_decode_attention_equals_float64():
       np.testing.assert_allclose(got[b, h], (p / p.sum()) @ vals, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-llama"])
 def test_sampler_on_kernels_equals_sampler_on_xla(tiny_model, preset):
   """Greedy and sampled decoding, with a live-cache append in between, give the same tokens

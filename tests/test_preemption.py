@@ -53,6 +53,7 @@ def _fit(wd, batch_fn=_batch, steps=8, ckpt_every=4, logs=None):
              (logs if logs is not None else []).append)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_a_step_boundary_and_resumes_identically(tmp_path, monkeypatch, capsys):
   """SIGTERM during step 3 → step 3 finishes, is checkpointed (off the every-4 grid) and
   `Preempted` is raised; a second SIGTERM during that save changes nothing; the resumed fit

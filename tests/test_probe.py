@@ -1,6 +1,7 @@
 """Base-skill probes: items score exactly the copied names / read answers, and the accuracy
 is the teacher-forced greedy match on those tokens."""
 
+import pytest
 import json
 
 import numpy as np
@@ -38,6 +39,7 @@ def test_items_score_only_held_out_names_and_answers(tmp_path):
     assert scored in answers and tok.decode(ids).count("Doc ") == 3
 
 
+@pytest.mark.slow
 def test_accuracy_matches_a_manual_count(tmp_path, tiny_model):
   tok = _world_and_tok(tmp_path)
   its = probe.items(str(tmp_path), tok, n=5)

@@ -103,6 +103,7 @@ def _batch(score):
   return {k: jnp.asarray(v) for k, v in arr.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["gae", "grpo"])
 def test_ppo_update_improves_surrogate(advantage):
   cfg, gd, p, cgd, cp = _tiny()
