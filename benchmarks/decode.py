@@ -62,34 +62,41 @@ def read_bandwidth_gbs(nbytes=512 << 20, reps=5) -> float:
   return nbytes / best / 1e9
 
 
+def time_prefill_decode(sampler, prompts, new_tokens, reps=3) -> tuple:
+  """(best prefill s, best decode s, last decode result) of `reps` greedy runs after one
+  compiling run; each decode starts from a fresh prefill (decode donates its state)."""
+  import jax
+  from dgpo_jax.models.sampler import SamplingParams
+  greedy = SamplingParams(greedy=True)
+  st = sampler.prefill(prompts)  # compile prefill + decode
+  sampler.decode(st, new_tokens, jax.random.key(0), greedy)
+  t_pre, t_dec = [], []
+  for _ in range(reps):
+    t = time.perf_counter()
+    st = sampler.prefill(prompts)
+    jax.block_until_ready(st.last_logits)
+    t_pre.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    _, res = sampler.decode(st, new_tokens, jax.random.key(0), greedy)
+    t_dec.append(time.perf_counter() - t)
+  return min(t_pre), min(t_dec), res
+
+
 def ours(model_name, cpu_kernels=None):
   import jax
   from dgpo_jax.models import registry
-  from dgpo_jax.models.sampler import Sampler, SamplingParams
+  from dgpo_jax.models.sampler import Sampler
   from dgpo_jax.utils import shapes
   lm = registry.load(model_name)
   graphdef, params = registry.place_params(lm.cfg, lm.params)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   out = {"path": lm.path, "param_bytes": int(param_bytes), "params": lm.cfg.num_params()}
   for B in BATCHES:
-    s = Sampler(graphdef, params, cache_size=shapes.pow2(PROMPT_LEN + NEW_TOKENS), pad_id=lm.cfg.pad_id,
-                cpu_kernels=cpu_kernels)
+    s = Sampler(graphdef, params, cache_size=shapes.pow2(PROMPT_LEN + NEW_TOKENS),
+                pad_id=lm.cfg.pad_id, cpu_kernels=cpu_kernels)
     out["kernels"] = s.cpu_kernels
-    prompts = prompts_for(B, lm.cfg.vocab_size)
-    greedy = SamplingParams(greedy=True)
-    st = s.prefill(prompts)  # compile prefill + decode
-    s.decode(st, NEW_TOKENS, jax.random.key(0), greedy)
-    t_pre, t_dec = [], []
-    for _ in range(3):
-      t = time.perf_counter()
-      st = s.prefill(prompts)
-      jax.block_until_ready(st.last_logits)
-      t_pre.append(time.perf_counter() - t)
-      t = time.perf_counter()
-      _, res = s.decode(st, NEW_TOKENS, jax.random.key(0), greedy)
-      t_dec.append(time.perf_counter() - t)
-      assert (res.num_tokens == NEW_TOKENS).all()
-    pre, dec = min(t_pre), min(t_dec)
+    pre, dec, res = time_prefill_decode(s, prompts_for(B, lm.cfg.vocab_size), NEW_TOKENS)
+    assert (res.num_tokens == NEW_TOKENS).all()
     out[f"b{B}"] = {"prefill_tokens_per_s": B * PROMPT_LEN / pre,
                     "decode_tokens_per_s": B * NEW_TOKENS / dec,
                     "decode_ms_per_step": dec / NEW_TOKENS * 1e3}

@@ -39,7 +39,7 @@ import types
 import numpy as np
 
 from benchmarks.common import emit
-from benchmarks.decode import read_bandwidth_gbs
+from benchmarks.decode import read_bandwidth_gbs, time_prefill_decode
 
 REFERENCE_RUN_H = 24.0  # the paper's DGPO run: about a day on 8 H200s (docs/benchmarks.md)
 
@@ -57,7 +57,8 @@ def _time(fn, reps=3) -> float:
 def decode_roofline_s(cfg, batch, prompt, gen, param_bytes, bw) -> float:
   """Seconds `gen` decode steps need at `bw` bytes/s: params once per step, plus each row's
   KV cache up to its position (K and V, every layer)."""
-  kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * np.dtype(cfg.jnp_dtype).itemsize
+  kv_per_token = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
+                  * np.dtype(cfg.jnp_dtype).itemsize)
   kv = batch * kv_per_token * sum(prompt + i for i in range(gen))
   return (gen * param_bytes + kv) / bw
 
@@ -66,7 +67,7 @@ def ours(cfg, batches, prompt, gen, bw) -> dict:
   import jax
   from flax import nnx
   from dgpo_jax.models.decoder import Decoder
-  from dgpo_jax.models.sampler import Sampler, SamplingParams
+  from dgpo_jax.models.sampler import Sampler
   from dgpo_jax.utils import shapes
   gd, state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
   params = nnx.to_pure_dict(state)
@@ -76,17 +77,7 @@ def ours(cfg, batches, prompt, gen, bw) -> dict:
   for b in batches:
     s = Sampler(gd, params, shapes.pow2(prompt + gen + 1), cfg.pad_id)
     prompts = [rng.integers(100, cfg.vocab_size - 100, prompt).tolist() for _ in range(b)]
-    greedy = SamplingParams(greedy=True)
-    pre, times = [], []
-    for _ in range(3):  # the first compiles; decode donates its state: prefill each time
-      t = time.perf_counter()
-      st = s.prefill(prompts)
-      jax.block_until_ready(st.last_logits)
-      pre.append(time.perf_counter() - t)
-      t = time.perf_counter()
-      _, res = s.decode(st, gen, jax.random.key(0), greedy)
-      times.append(time.perf_counter() - t)
-    sec, pre_s = min(times[1:]), min(pre[1:])
+    pre_s, sec, _ = time_prefill_decode(s, prompts, gen)
     roof = decode_roofline_s(cfg, b, prompt, gen, param_bytes, bw)
     out[f"b{b}"] = {"decode_tokens_per_s": round(b * gen / sec, 1), "seconds": round(sec, 4),
                     "roofline_s": round(roof, 5), "share_of_roofline": round(roof / sec, 4),

@@ -3,7 +3,8 @@
 `compile_steps(config)` builds the student, critic and teacher as shape-only pytrees with
 their shardings on the configured mesh, then builds the method's steps with the very
 builders its stages call (`pipeline.steps`, `rl_stage.build_rl`) and lowers each on its own
-`spec`: the shapes and shardings a run passes (`tests/test_steps.py`). It reports XLA's
+`spec`: the shapes and shardings a run passes (`tests/test_methods.py`,
+`tests/test_rl_stage.py`). It reports XLA's
 per-device memory and FLOP estimates, so a config can be checked before renting the
 hardware it names.
 """
@@ -17,9 +18,8 @@ from flax import nnx
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder, ValueModel
 from dgpo_jax.parallel import sharding
-from dgpo_jax.pipeline import stages
-from dgpo_jax.pipeline import steps
-from dgpo_jax.pipeline.rl_stage import build_rl, ppo_config
+from dgpo_jax.pipeline import stages, steps
+from dgpo_jax.pipeline.rl_stage import build_rl, ppo_config, rollout_rows
 from dgpo_jax.train.step import Model, abstract, sds
 
 
@@ -64,12 +64,11 @@ def planned_steps(config, mesh, rules, student: Model, teacher: Model, seq_len: 
       step, _, _ = steps.kd_update(config, student, teacher, mesh, stage.loss, stage.lam, 1)
       out.append((step, dict(width=width, loss_tokens=config.plan.get("loss_tokens", 0))))
     elif isinstance(stage, (stages.RL, stages.GKD)):
-      gkd = isinstance(stage, stages.GKD)
-      pc = ppo_config(config, **({} if gkd else stage.ppo_overrides()))
-      other = teacher if gkd or stage.kl_target == "teacher" else student
+      pc = ppo_config(config, **stage.ppo_overrides())
       critic = (abstract_model(student.cfg, mesh, rules, ValueModel, config.model.remat)
-                if not gkd and pc.use_critic else None)
-      run = build_rl(config, student, other, mesh, rules, "gkd" if gkd else "ppo", pc, critic)
+                if stage.mode == "ppo" and pc.use_critic else None)
+      run = build_rl(config, student, teacher if stage.kl_to_teacher else student, mesh,
+                     rules, stage.mode, pc, critic)
       out += [(s, dict(width=width)) for s in (run.experience, run.update) if s is not None]
   return out
 
@@ -102,12 +101,14 @@ def compile_steps(config, mesh=None, seq_len: int = 0, rollout: bool = True):
 
 
 def rollout_shape(config) -> tuple:
-  """(rows, KV-cache tokens) of one RL step's rollout: `steps.rl_rows`, and the cache
-  `RolloutConfig.cache_needed` sizes for a prompt of `plan.prompt_tokens`."""
-  from dgpo_jax.utils import shapes
+  """(rows, KV-cache tokens) of one RL step's rollout: the rows the method's on-policy stage
+  rolls out (`rl_stage.rollout_rows`; `ppo.questions_per_step` for a method without one),
+  and the cache `RolloutConfig.cache_needed` sizes for a prompt of `plan.prompt_tokens`."""
   from dgpo_jax.rollout.engine import RolloutConfig
+  from dgpo_jax.utils import shapes
+  rl = stages.on_policy(stages.plan(config))
   prompt = config.plan.get("prompt_tokens", 256)
-  return steps.rl_rows(config, ppo_config(config).advantage), shapes.pow2(
+  return (rollout_rows(config, rl) if rl else config.ppo.questions_per_step), shapes.pow2(
       RolloutConfig.from_config(config).cache_needed(prompt))
 
 

@@ -18,23 +18,33 @@ from flax import nnx
 
 from dgpo_jax.data import lm_data
 from dgpo_jax.models.decoder import ValueModel
-from dgpo_jax.utils import shapes
 from dgpo_jax.parallel import distributed, sharding
-from dgpo_jax.rl import batch as rl_batch
 from dgpo_jax.pipeline import steps
+from dgpo_jax.rl import batch as rl_batch
 from dgpo_jax.rl import distill, ppo
 from dgpo_jax.rollout.engine import RolloutEngine
-from dgpo_jax.train import lm
+from dgpo_jax.train import lm, loop
 from dgpo_jax.train.step import Model, place
-from dgpo_jax.train import loop
+from dgpo_jax.utils import shapes
 from dgpo_jax.utils.errors import fail
 
 
-def updates_per_step(p, advantage: str) -> int:
-  """Optimizer updates in one RL step: `p.epochs` passes over the rollout's rows
-  (questions × group size for GRPO) in mini-batches of `p.mini_batch`."""
-  rows = p.questions_per_step * (p.group_size if advantage == "grpo" else 1)
+def updates_per_step(p, rows: int) -> int:
+  """Optimizer updates in one RL step: `p.epochs` passes over the step's `rows` in
+  mini-batches of `p.mini_batch`."""
   return p.epochs * (rows // p.mini_batch)
+
+
+def rollout_rows(config, stage) -> int:
+  """Rows an on-policy stage (`stages.RL` or `stages.GKD`) rolls out per step."""
+  return steps.rl_rows(config, ppo_config(config, **stage.ppo_overrides()).advantage)
+
+
+def check_rows(p, rows: int):
+  """The step's rows must split into mini-batches, and those into micro-batches."""
+  if rows % p.mini_batch or p.mini_batch % p.micro_batches:
+    fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
+         f"({p.mini_batch}), and mini_batch into micro_batches ({p.micro_batches})")
 
 
 def optimizers(p, updates_per_step: int):
@@ -79,7 +89,7 @@ def state_shardings(state_shape, txs, param_sh, mesh):
   their params, counts and the step replicated."""
   rep = sharding.replicated(mesh)
   out = {"step": rep}
-  for k in ("actor", "critic", "policy"):
+  for k in ("actor", "critic"):
     if k in state_shape:
       sub = lm.state_shardings(txs[k], {"opt_state": state_shape[k]["opt_state"]},
                                param_sh[k], mesh)
@@ -92,7 +102,6 @@ class RLRun:
   """What one on-policy run steps with: its train state and layout, and its jitted steps."""
   mode: str  # "ppo" (also DGPO and GRPO) or "gkd"
   rows: int  # rows rolled out per step
-  txs: dict
   shape: dict  # train-state shapes
   state_sh: dict
   init: object  # (student params[, critic params]) -> state
@@ -115,10 +124,8 @@ def build_rl(config, student: Model, other: Model, mesh, rules, mode="ppo", pc=N
   c = config.ppo
   pc = pc or ppo_config(config)
   rows = steps.rl_rows(config, pc.advantage)
-  if rows % c.mini_batch or c.mini_batch % pc.micro_batches:
-    fail(f"ppo: questions_per_step × group size ({rows}) must divide into mini_batch "
-         f"({c.mini_batch}), and mini_batch into micro_batches ({pc.micro_batches})")
-  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else updates_per_step(c, pc.advantage))
+  check_rows(c, rows)
+  tx_a, tx_c = optimizers(c, 1 if mode == "gkd" else updates_per_step(c, rows))
   rollout_sh = steps.batch_shardings(mesh, steps.EXPERIENCE_FIELDS, rules)
   if mode == "gkd":
     loss_fn = distill.make_loss(student.graphdef, other.graphdef, "jsd",
@@ -128,8 +135,7 @@ def build_rl(config, student: Model, other: Model, mesh, rules, mode="ppo", pc=N
         "gkd_update", student, tx_a, mesh, loss_fn,
         {k: 2 for k in ("tokens", "mask", "loss_mask")}, rows, other, rules)
     init = lambda a: lm.init_state(_fresh(a), tx_a)
-    return RLRun(mode, rows, {"policy": tx_a}, shape, st_sh, init, (student.params,),
-                 rollout_sh, update=update)
+    return RLRun(mode, rows, shape, st_sh, init, (student.params,), rollout_sh, update=update)
   if not pc.use_critic:
     critic = None
   elif critic is None:
@@ -145,7 +151,7 @@ def build_rl(config, student: Model, other: Model, mesh, rules, mode="ppo", pc=N
   exp = steps.experience_step(student, critic, other, pc, mesh, rows, c.questions_per_step,
                               rules)
   upd = steps.ppo_update_step(student, critic, txs, pc, shape, st_sh, mesh, c.mini_batch, rules)
-  return RLRun(mode, rows, txs, shape, st_sh, init, args, rollout_sh, critic, exp, upd)
+  return RLRun(mode, rows, shape, st_sh, init, args, rollout_sh, critic, exp, upd)
 
 
 def _ppo_step(run: RLRun, config, state, dev, other: Model, step: int, rng):
@@ -187,7 +193,7 @@ def _rollout_batch(config, run: RLRun, engine, state, train_q, step, rng, sp, to
   # Widths of 2^k or 1.5·2^k (≤ 1/3 padding): each new width compiles the experience
   # pass and the update again, a few seconds each on CPU.
   arr = rl_batch.from_trajectories(trajs, [q["golden_answers"] for q in qs], tok.pad_id,
-                            width=shapes.pow2_or_1p5(longest + 1, minimum=64))
+                                   width=shapes.pow2_or_1p5(longest + 1, minimum=64))
   arr["group"] = np.repeat(np.arange(c.questions_per_step), n_samples).astype(np.int32)
   m = rl_batch.rollout_metrics(trajs, arr["score"])
   m["rows"] = float(len(trajs))  # behind `em`: the interval of the first/last change

@@ -55,6 +55,13 @@ class RL:
   advantage: Optional[str] = None  # None: `ppo.advantage`
   kl_loss_coef: Optional[float] = None  # None: no KL loss term
   kind = "rl"
+  mode = "ppo"  # `rl_stage.run_rl`'s mode
+
+  @property
+  def kl_to_teacher(self) -> bool:
+    """Whether the KL target is the teacher; else the policy the stage starts from (PPO's
+    reference model: the SFT/KD student in sft_ppo, the base student in ppo/grpo)."""
+    return self.kl_target == "teacher"
 
   def ppo_overrides(self) -> dict:
     """The `ppo_config` fields this stage sets."""
@@ -67,6 +74,11 @@ class RL:
 class GKD:
   """On-policy generalized JSD to the teacher on the student's own samples."""
   kind = "gkd"
+  mode = "gkd"
+  kl_to_teacher = True
+
+  def ppo_overrides(self) -> dict:
+    return {}
 
 
 Stage = Union[TGO, KD, RL, GKD]
@@ -121,6 +133,11 @@ def plan(config) -> list:
       return [RL("reference", "none", "grpo", config.ppo.kl_loss_coef)]
     return [RL("reference", "all", "grpo")]
   return [GKD()]
+
+
+def on_policy(plan):
+  """The plan's RL or GKD stage, or None."""
+  return next((s for s in plan if isinstance(s, (RL, GKD))), None)
 
 
 def needs_teacher(plan) -> bool:

@@ -1,7 +1,7 @@
 """The jitted steps of the KD and RL stages, built in one place from (config, models, mesh):
 `pipeline.train` and `pipeline.rl_stage` call them and `plan` (through `pipeline.aot`)
 lowers the very same `Step` objects on their `spec`, so the shapes and shardings it reports
-are the ones training passes (`tests/test_steps.py`)."""
+are the ones training passes (`tests/test_methods.py`, `tests/test_rl_stage.py`)."""
 
 from typing import Optional
 
@@ -15,6 +15,7 @@ from dgpo_jax.rl import distill, ppo
 from dgpo_jax.train.loop import FitConfig, optimizer
 from dgpo_jax.train.step import (KD_FIELDS, Model, Step, abstract, batch_shardings, sds,
                                  train_update)
+
 
 def kd_loss(config, student: Model, teacher: Model, loss: str, lam: float, total_steps: int):
   """The KD stage's loss (`distill.make_loss`) with the config's kernel settings."""
@@ -38,8 +39,9 @@ def kd_update(config, student: Model, teacher: Model, mesh, loss: str, lam: floa
   """The KD update a `kd` stage's `fit` runs, on `kd.batch_size` rows (`train_update`'s
   (Step, state shardings, state shape))."""
   total = config.kd.epochs * steps_per_epoch
-  return train_update("kd_update", student, optimizer(kd_fit_config(config, steps_per_epoch, 1)),
-                      mesh, kd_loss(config, student, teacher, loss, lam, total), KD_FIELDS,
+  tx = optimizer(kd_fit_config(config, steps_per_epoch, 1))
+  return train_update("kd_update", student, tx, mesh,
+                      kd_loss(config, student, teacher, loss, lam, total), KD_FIELDS,
                       config.kd.batch_size, teacher)
 
 

@@ -23,8 +23,7 @@ from dgpo_jax.eval import probe
 from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
-from dgpo_jax.pipeline import prepare, report, steps
-from dgpo_jax.pipeline import stages
+from dgpo_jax.pipeline import prepare, report, rl_stage, stages, steps
 from dgpo_jax.pipeline.rl_stage import run_rl
 from dgpo_jax.rl import batch as rl_batch
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
@@ -34,15 +33,17 @@ from dgpo_jax.utils import cli, shapes
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import log
 
+
 def check_batches(config, mesh):
   """Every batch the run will shard must divide over the data-parallel devices."""
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   p = config.ppo
-  group = p.group_size if config.method == "grpo" else 1
+  rl = stages.on_policy(stages.plan(config))
+  rows = rl_stage.rollout_rows(config, rl) if rl else p.questions_per_step
   if p.mini_batch % max(p.micro_batches, 1):
     fail(f"ppo.mini_batch={p.mini_batch} does not split into micro_batches={p.micro_batches}")
   sizes = {"kd.batch_size": config.kd.batch_size,
-           "ppo.questions_per_step×group": p.questions_per_step * group,
+           "ppo.questions_per_step×group": rows,
            "ppo.mini_batch": p.mini_batch,
            "ppo.mini_batch/micro_batches": p.mini_batch // max(p.micro_batches, 1)}
   if "prep" in config:
@@ -51,10 +52,8 @@ def check_batches(config, mesh):
     if n % dp:
       fail(f"{name}={n} does not divide over the {dp} data-parallel devices of mesh "
            f"{dict(mesh.shape)} (config.mesh={config.mesh!r})")
-  on_policy = any(isinstance(st, (stages.RL, stages.GKD)) for st in stages.plan(config))
-  if on_policy and (p.questions_per_step * group) % p.mini_batch:
-    fail(f"ppo: questions_per_step × group size ({p.questions_per_step * group}) must divide "
-         f"into mini_batch ({p.mini_batch})")
+  if rl:
+    rl_stage.check_rows(p, rows)
 
 
 def _write_json(path, obj):
@@ -284,17 +283,14 @@ def _run_stages(config, workdir, plan, student: Model, teacher, env: Environment
       checkpoints["kd"] = current
     else:  # RL or GKD
       names["rl"] = rl_name(config)
-      # PPO's reference model is the policy the RL stage starts from (the SFT/KD student in
-      # sft_ppo, the base student in ppo/grpo); DGPO's is the teacher.
-      gkd = isinstance(stage, stages.GKD)
-      other = teacher if gkd or stage.kl_target == "teacher" else cur
-      current, _ = run_rl(names["rl"], config, workdir, cur, other,
+      current, _ = run_rl(names["rl"], config, workdir, cur,
+                          teacher if stage.kl_to_teacher else cur,
                           (tok, retriever, RolloutConfig.from_config(config)), train_q, mesh,
-                          rules, log, mode="gkd" if gkd else "ppo",
+                          rules, log, mode=stage.mode,
                           # not preemptible: the RL step it belongs to is not saved yet
                           evaluate=evaluator(student, dev_q[:config.eval.rl_val_questions],
                                              preemptible=False),
-                          **({} if gkd else stage.ppo_overrides()))
+                          **stage.ppo_overrides())
       checkpoints["rl"] = current
   return checkpoints, history, names, current
 

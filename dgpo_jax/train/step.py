@@ -5,7 +5,8 @@ in `plan`) and the mesh and returns a `Step`: the jitted function, with explicit
 shardings, and `spec(width, ...)`, the abstract arguments of one call on a batch `width`
 tokens wide. The stages place their batches with the step's own shardings, so what a run
 passes is, leaf for leaf, what `plan` lowers; `recording()` collects the runtime's calls so
-a test can compare (`tests/test_steps.py`). The RL steps are built in `pipeline/steps.py`.
+a test can compare (`tests/test_methods.py`, `tests/test_rl_stage.py`). The RL steps are
+built in `pipeline/steps.py`.
 """
 
 import contextlib
@@ -90,7 +91,6 @@ def sds(shape, dtype, sh):
 
 # The fields of a batch of masked targets (SFT, KD) and their ranks; `step` is TAID's clock.
 KD_FIELDS = {"tokens": 2, "mask": 2, "loss_mask": 2, "loss_idx": 2, "step": 1}
-LM_FIELDS = {"tokens": 2, "mask": 2}
 
 
 def train_update(name, model: Model, tx, mesh, loss_fn, fields: dict, rows: int,
