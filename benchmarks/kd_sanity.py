@@ -57,7 +57,7 @@ def main():
   shape = [f"student.{k}={t[k]}" for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
                                            "d_ff")]
   res, wall_same = _main(same, a.set + shape)
-  em = lambda r, k: r["test"][k]["avg"]
+  em = lambda r, k: r["test"][k]["em"]
   teacher = em(base, "teacher")
   out = {"benchmark": "kd_sanity", "overrides": a.set, "teacher_test_em": teacher,
          "student_kd_test_em": em(base, "student_kd"),

@@ -13,7 +13,6 @@ warm-up pass. Target: ≥ 2× at 4 turns.
 """
 
 import argparse
-import json
 import time
 
 import jax

@@ -74,7 +74,7 @@ def _synthetic(variant, tmp, log):
     return {"error": r.stderr[-1500:], "wall_s": round(wall, 1)}
   res = json.load(open(os.path.join(wd, "results.json")))
   return {"config": cfg, "wall_s": round(wall, 1),
-          "test_em": {k: v["avg"] for k, v in res["test"].items()}}
+          "test_em": {k: v["em"] for k, v in res["test"].items()}}
 
 
 def _get(d, *path):

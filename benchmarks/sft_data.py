@@ -36,6 +36,7 @@ def main():
 
   from configs import synthetic
   from dgpo_jax.data import lm_data
+  from dgpo_jax.eval import evaluate as evaluation
   from dgpo_jax.models.decoder import Decoder
   from dgpo_jax.models.tokenizer import SentencePieceTokenizer
   from dgpo_jax.parallel import sharding
@@ -80,9 +81,10 @@ def main():
                      warmup_steps=p.warmup_steps, log_every=50, ckpt_every=a.steps // 2)
       params, m = fit(f"sft_data_{arm}", w, Model(cfg, gd, params, sh), mesh, batch, fc,
                       c.seed, print)
-      summary, _ = prepare.evaluate(cfg, gd, params, tok, retriever, c, dev)
+      summary = evaluation.headline(
+          prepare.evaluate(Model(cfg, gd, params, sh, tok), retriever, c, dev)[0])
       res[f"step{steps}"] = {"loss": m.get("loss"), "dev_em": summary}
-      print(f"[sft_data] {arm} step {steps}: dev EM {summary['avg']:.3f}", flush=True)
+      print(f"[sft_data] {arm} step {steps}: dev EM {summary['em']:.3f}", flush=True)
     out["arms"][arm] = res
   emit(out, a.out)
 

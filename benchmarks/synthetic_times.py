@@ -47,7 +47,7 @@ def _timed(args, env, log):
 def _ems(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
     res = json.load(f)
-  return {k: round(v["avg"], 3) for k, v in res["test"].items()}
+  return {k: round(v["em"], 3) for k, v in res["test"].items()}
 
 
 def main():

@@ -45,6 +45,7 @@ def main():
 
   from configs import synthetic
   from dgpo_jax.data import lm_data
+  from dgpo_jax.eval import evaluate as evaluation
   from dgpo_jax.models.decoder import Decoder
   from dgpo_jax.models.tokenizer import SentencePieceTokenizer
   from dgpo_jax.parallel import sharding
@@ -87,7 +88,8 @@ def main():
                    warmup_steps=c.prep.warmup_steps, log_every=50, ckpt_every=k)
     params, m = fit("teacher_sft", out_dir, Model(cfg, gd, params, sh), mesh, batch, fc, seed,
                     lambda msg: None)
-    summary, _ = prepare.evaluate(cfg, gd, params, tok, retriever, c, dev)
+    summary = evaluation.headline(
+        prepare.evaluate(Model(cfg, gd, params, sh, tok), retriever, c, dev)[0])
     out["evals"].append({"step": k, "loss": m.get("loss"), "dev_em": summary,
                          "wall_s": round(time.time() - t, 1)})
     print(json.dumps(out["evals"][-1]), file=sys.stderr, flush=True)

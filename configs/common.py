@@ -7,7 +7,7 @@ Fields (all runs):
     world's preparation only; "lm": LM steps on the corpus, then a sample generation;
     "generate": load the model and generate for `generate.prompts` only.
   method / ablation: which training plan (dgpo, ppo, sft_ppo, kd, distillm, taid, gkd,
-    grpo; ablations of dgpo), see dgpo_jax/pipeline/train.py.
+    grpo; ablations of dgpo), see dgpo_jax/pipeline/method.py.
   tgo / kd / ppo / kernel / eval: the pieces of the plan (reference values by default).
   teacher_model: the frozen teacher for pretrained-model runs; data.train/dev/test: QA files.
   model.name: a preset shape (dgpo_jax.models.config.PRESETS) for random init, or a

@@ -68,14 +68,14 @@ def _ask(c):
       c.model.init, c.model.name, c.tokenizer.kind = "pretrained", path, "model"
       c.retrieval.index = os.path.join(FLAGS.workdir, "world", "index_bm25")
       c.retrieval.encoder = "bm25"
-  built = setup.build_model(c, FLAGS.workdir)
+  model, _ = setup.build_model(c, FLAGS.workdir)
   retriever = setup.build_retriever(c)
-  engine = RolloutEngine.for_model(built.graphdef, built.params, built.tokenizer, retriever,
+  engine = RolloutEngine.for_model(model.graphdef, model.params, model.tokenizer, retriever,
                                    RolloutConfig.from_config(c), [FLAGS.question])
   sp = (SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p)
         if FLAGS.sample else SamplingParams(greedy=True))
   (traj,) = engine.run([FLAGS.question], jax.random.key(FLAGS.seed), sp)
-  return traj, built.tokenizer
+  return traj, model.tokenizer
 
 
 if __name__ == "__main__":

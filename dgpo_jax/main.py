@@ -45,8 +45,8 @@ def _run(config, workdir):
   if distributed.jax.process_index() == 0:
     cli.write_json(os.path.join(workdir, "config.json"), config.to_dict(), indent=2)
   if config.stage == "train":
-    from dgpo_jax.pipeline import train
-    train.run(config, workdir)
+    from dgpo_jax.pipeline import method
+    method.run(config, workdir)
   elif config.stage == "prepare":
     from dgpo_jax.pipeline import prepare
     prepare.run(config, workdir)

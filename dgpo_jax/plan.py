@@ -49,7 +49,7 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
   import jax
   from dgpo_jax.parallel import sharding
   from dgpo_jax.pipeline import aot
-  from dgpo_jax.pipeline.train import check_batches
+  from dgpo_jax.pipeline.method import check_batches
   mesh = sharding.make_mesh(mesh_spec or config.mesh)
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   p = config.ppo

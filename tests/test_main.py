@@ -59,7 +59,7 @@ def test_synthetic_smoke_train_end_to_end(smoke_run):
   assert results["plan"] == ["tgo", "kd", "rl"]
   assert set(results["test"]) == {"student_base", "teacher", "student_kd", "student_final"}
   for row in results["test"].values():
-    assert 0.0 <= row["avg"] <= 1.0 and "single_hop" in row
+    assert 0.0 <= row["em"] <= 1.0 and "single_hop" in row["em_by_family"]
   assert results["stages"] == {"kd": "kd-ce_fkl-lam1-all-16q-t0", "rl": "rl-dgpo"}
   rl = [json.loads(l) for l in open(s / "metrics_rl-dgpo.jsonl")]
   assert [m["step"] for m in rl] == [1, 2]

@@ -1,5 +1,6 @@
 """Two processes × 4 fake CPU devices (jax.distributed over 127.0.0.1) run the same LM steps
-as one process × 8 devices, with the same numbers; disagreeing configs are refused."""
+as one process × 8 devices, with the same numbers, also across a preemption; the smoke DGPO
+run on two processes matches one; disagreeing configs are refused."""
 
 import json
 import os
@@ -12,7 +13,6 @@ import time
 import pytest
 
 from conftest import ROOT, copy_prepared, needs_shared
-from test_reliability import KD
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
         "--config.train.batch_size=8", "--config.train.warmup_steps=2",
@@ -46,23 +46,45 @@ def _wait(procs, timeout=500):
   return out
 
 
+def _preempt_one(procs, ready, timeout=300):
+  """Sends the preemption notice (SIGTERM) to process 1 only, once `ready()` holds; both
+  processes must stop after the same step, write one checkpoint and exit 75. Returns that
+  step."""
+  t0 = time.time()
+  while not ready() and time.time() - t0 < timeout and procs[1].poll() is None:
+    time.sleep(0.02)
+  procs[1].send_signal(signal.SIGTERM)
+  res = _wait(procs)
+  assert [rc for rc, _, _ in res] == [75, 75], [r[2][-2000:] for r in res]
+  stopped = {line.split("checkpointed at step ")[1].split(";")[0]
+             for _, _, se in res for line in se.splitlines() if "[preemption] preempted:" in line}
+  assert len(stopped) == 1, stopped
+  return int(stopped.pop())
+
+
 @pytest.mark.slow
 @needs_shared
 def test_two_processes_match_one(tmp_path):
+  """2 processes × 4 devices, preempted once (SIGTERM to one process after the first
+  checkpoint) and resumed by the same command, log the losses of 1 process × 8 devices."""
   port = _port()
   multi = [("--coordinator_address=127.0.0.1:%d" % port, "--num_processes=2",
             f"--process_id={i}") for i in range(2)]
-  res = _wait(_launch(tmp_path / "multi", 4, per_process=multi))
-  for rc, so, se in res:
+  extra = ("--config.train.steps=12",)
+  ck = tmp_path / "multi" / "checkpoints" / "lm"
+  step = _preempt_one(_launch(tmp_path / "multi", 4, extra, per_process=multi),
+                      (ck / "3").is_dir)
+  assert 3 <= step < 12 and (ck / str(step)).is_dir()
+  for rc, so, se in _wait(_launch(tmp_path / "multi", 4, extra, per_process=multi)):
     assert rc == 0, se[-3000:]
-  (rc, so, se), = _wait(_launch(tmp_path / "single", 8))
+  (rc, so, se), = _wait(_launch(tmp_path / "single", 8, extra))
   assert rc == 0, se[-3000:]
-  m = [json.loads(l) for l in open(tmp_path / "multi" / "metrics_lm.jsonl")]
+  m = {r["step"]: r for r in map(json.loads, open(tmp_path / "multi" / "metrics_lm.jsonl"))}
   s = [json.loads(l) for l in open(tmp_path / "single" / "metrics_lm.jsonl")]
-  assert [r["step"] for r in m] == [r["step"] for r in s] == [3, 6]
-  for a, b in zip(m, s):
-    assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(b["loss"]))
-  assert (tmp_path / "multi" / "checkpoints" / "lm" / "6").is_dir()
+  assert [r["step"] for r in s] == [3, 6, 9, 12]  # (multi: + a row where it was preempted)
+  for b in s:
+    assert abs(m[b["step"]]["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(b["loss"])), b["step"]
+  assert (ck / "12").is_dir()
 
 
 @needs_shared
@@ -104,10 +126,10 @@ def test_two_processes_roll_out_their_own_share(tmp_path):
 @pytest.mark.slow
 def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
   """The smoke DGPO run (KD, on-policy RL with rollouts, evaluations) on 2 processes × 1
-  device, from the shared smoke run's preparation and TGO, preempted once in KD (SIGTERM to
-  one process) and resumed: KD losses and the greedy test evaluations of the untrained
-  student, the teacher and the KD student equal the 1-process × 2-device run's. (RL samples
-  with one stream per host, so its numbers differ.)"""
+  device, from the shared smoke run's preparation and TGO: KD losses and the greedy test
+  evaluations of the untrained student, the teacher and the KD student equal the 1-process ×
+  2-device run's. (RL samples with one stream per host, so its numbers differ. Preemption
+  across processes is in test_two_processes_match_one.)"""
   wd = tmp_path / "mp"
   copy_prepared(smoke_run, wd)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -116,29 +138,14 @@ def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
          f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
          "--config.ppo.steps=1", "--config.ppo.val_every=0",
          "--config.eval.arcap_thinking=False"]
-  start = lambda: [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for i in range(2)]
-  # Preemption: the notice (SIGTERM) reaches process 1 only, as KD starts; both processes
-  # must stop after the same step, write one checkpoint and exit 75.
-  procs = start()
-  kd_dir = wd / "checkpoints" / KD
-  t0 = time.time()
-  while not kd_dir.is_dir() and time.time() - t0 < 300 and procs[1].poll() is None:
-    time.sleep(0.02)
-  procs[1].send_signal(signal.SIGTERM)
-  res = _wait(procs)
-  assert [rc for rc, _, _ in res] == [75, 75], [r[2][-2000:] for r in res]
-  stopped = {line.split("checkpointed at step ")[1].split(";")[0]
-             for _, _, se in res for line in se.splitlines() if "[preemption] preempted:" in line}
-  assert len(stopped) == 1 and int(stopped.pop()) in [
-      int(x) for x in os.listdir(kd_dir) if x.isdigit()]
-  for rc, so, se in _wait(start()):  # the same command resumes
+  for rc, so, se in _wait([subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True) for i in range(2)]):
     assert rc == 0, se[-3000:]
   kd = [f for f in os.listdir(smoke_run) if f.startswith("metrics_kd")]
   assert kd
   rows = lambda d: [json.loads(l) for l in open(d / kd[0])]
-  mp = {r["step"]: r for r in rows(wd)}  # (+ a row where the preempted run stopped)
+  mp = {r["step"]: r for r in rows(wd)}
   for b in rows(smoke_run):
     assert abs(mp[b["step"]]["loss"] - b["loss"]) < 1e-5 * max(1, abs(b["loss"])), b["step"]
   same = [f for f in os.listdir(smoke_run / "eval") if f.startswith("test_") and "final" not in f]

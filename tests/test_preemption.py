@@ -161,7 +161,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, small_fi
   msg = str(e.value)
   assert "\n" not in msg
   assert f"cannot write checkpoint step 4 to {tmp_path / 'run' / 'checkpoints' / 't'}" in msg
-  assert "File too large (errno 27)" in msg and "newest checkpoint is still step 2" in msg
+  assert "File too large (errno 27)" in msg and "newest checkpoint is still step 2" in msg, msg
   ck = Checkpointer(str(tmp_path / "run" / "checkpoints" / "t"))
   assert ck.all_steps() == [2] and ck.restore(None)[0] == 2
   ck.close()
@@ -190,3 +190,16 @@ def test_write_error_reads_the_os_reason_out_of_orbax_text():
   assert ckpt_lib.write_error(e) == "No space left on device (errno 28)"
   assert ckpt_lib.write_error(PermissionError(13, "Permission denied")) == (
       "Permission denied (errno 13)")
+  e = ValueError("Error writing \"w/0.0\": File too large [os_error_code=27]")  # unquoted
+  assert ckpt_lib.write_error(e) == "File too large (errno 27)"
+  e = RuntimeError("save failed: [Errno 28] on /ckpt")  # only the number survives
+  assert ckpt_lib.write_error(e) == f"{os.strerror(28)} (errno 28)"
+  try:  # the OSError is the cause of what orbax raises
+    try:
+      raise OSError(27, "File too large")
+    except OSError as inner:
+      raise ValueError("commit failed") from inner
+  except ValueError as outer:
+    assert ckpt_lib.write_error(outer) == "File too large (errno 27)"
+  group = ExceptionGroup("writes", [ValueError("x"), OSError(122, "Disk quota exceeded")])
+  assert ckpt_lib.write_error(group) == "Disk quota exceeded (errno 122)"

@@ -3,7 +3,6 @@
 import json
 import os
 import zlib
-import shutil
 import subprocess
 import sys
 import urllib.request

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -177,8 +176,8 @@ def test_plans_and_bad_combinations():
 def test_tgo_sets_are_keyed_by_what_determines_them():
   """A TGO set (and the KD run on it) is named by its questions and temperature, so a run
   with another `tgo.num_questions` never reuses a smaller set's trajectories."""
-  from dgpo_jax.pipeline import train
-  keys = {train.tgo_key(_cfg(**{"tgo.num_questions": n, "tgo.temperature": t}))
+  from dgpo_jax.pipeline import method
+  keys = {method.tgo_key(_cfg(**{"tgo.num_questions": n, "tgo.temperature": t}))
           for n in (0, 16, 600) for t in (0.0, 1.0)}
   assert len(keys) == 6 and "allq-t0" in keys and "600q-t1" in keys
 

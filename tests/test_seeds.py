@@ -7,7 +7,7 @@ import json
 import pytest
 
 from configs import synthetic
-from dgpo_jax.pipeline import prepare, train
+from dgpo_jax.pipeline import method, prepare
 from dgpo_jax.utils.errors import DgpoError
 
 
@@ -26,11 +26,11 @@ def test_world_seed_defaults_to_the_run_seed():
 
 
 def test_stage_names_carry_a_training_seed_other_than_the_worlds():
-  assert train.seed_suffix(_config(seed=2)) == ""
-  assert train.rl_name(_config(seed=2)) == "rl-dgpo"
+  assert method.seed_suffix(_config(seed=2)) == ""
+  assert method.rl_name(_config(seed=2)) == "rl-dgpo"
   c = _config(**{"seed": 2, "world.seed": 0, "method": "dgpo", "ablation": "uniform_kl"})
-  assert train.seed_suffix(c) == "-s2"
-  assert train.rl_name(c) == "rl-dgpo-uniform_kl-s2"
+  assert method.seed_suffix(c) == "-s2"
+  assert method.rl_name(c) == "rl-dgpo-uniform_kl-s2"
 
 
 def test_a_workdir_refuses_a_run_that_asks_for_another_world(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 from dgpo_jax.pipeline import tables
 
 
-def _res(avg, hit):
-  fam = {"single_hop": avg, "bridge": avg / 2, "comparison": 0.0, "three_hop": 0.0}
-  row = dict(fam, avg=avg, arcap={"hit_ratio_first": hit, "thinking_em": None})
+def _res(em, hit):  # test figures in the evaluator's schema (eval/evaluate.py)
+  fam = {"single_hop": em, "bridge": em / 2, "comparison": 0.0, "three_hop": 0.0}
+  row = dict(em=em, em_by_family=fam, arcap={"hit_ratio_first": hit, "thinking_em": None})
   return {"test": {"student_final": row, "teacher": row, "student_base": row}}
 
 
@@ -18,9 +18,9 @@ def test_aggregate_markdown_and_curves(tmp_path):
   results = {(s, m, a): _res(0.1 * (s + 1) if m == "dgpo" else 0.2, 0.5)
              for s in (0, 1) for m, a in runs}
   t = tables.aggregate(results, [0, 1], runs)
-  d = t["runs"]["dgpo"]["avg"]
+  d = t["runs"]["dgpo"]["em"]
   assert d["mean"] == pytest.approx(0.15) and d["std"] == pytest.approx(0.05) and d["n"] == 2
-  assert t["runs"]["ppo"]["avg"]["std"] == 0.0
+  assert t["runs"]["ppo"]["em"]["std"] == 0.0
   assert t["runs"]["dgpo"]["arcap"]["thinking_em"] is None  # missing stays missing
   md = tables.markdown(t)
   assert "| dgpo | 0.150 ± 0.050 | 0.075 ± 0.025 |" in md
@@ -41,7 +41,7 @@ def test_aggregate_markdown_and_curves(tmp_path):
 
 def test_claims_pair_questions_and_give_verdicts():
   def res(scores):
-    return {"test": {"student_final": {"avg": sum(scores) / len(scores),
+    return {"test": {"student_final": {"em": sum(scores) / len(scores),
                                        "em_per_question": scores}}}
   good, bad = [1.0] * 60 + [0.0] * 40, [1.0] * 20 + [0.0] * 80
   results = {}

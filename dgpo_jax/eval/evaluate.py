@@ -8,12 +8,12 @@ import dataclasses
 import json
 import os
 import time
+from typing import Optional
 
 import jax
 import numpy as np
 
 from dgpo_jax.data import corpus as corpus_lib
-from dgpo_jax.data import qa
 from dgpo_jax.eval import arcap
 from dgpo_jax.eval.metrics import exact_match, token_f1
 from dgpo_jax.models.sampler import SamplingParams
@@ -102,29 +102,67 @@ def _read_partial(path: str, n: int) -> tuple:
   return z["batches"], [Trajectory(**t) for t in z["rows"]]
 
 
-def evaluate_dataset(graphdef, params, tok, retriever, rc: RolloutConfig, f: qa.QAFile,
-                     batch_size: int, passages: dict, thinking_too: bool = True,
-                     partial: str = "") -> tuple:
-  """(figures, trajectories) of one QA file; `partial` as in `rollouts`."""
-  rows = f.rows
+def family_of(q: dict) -> Optional[str]:
+  """A question's family: the synthetic world's `family`, else the dataset's `data_source`."""
+  return q.get("family", q.get("data_source"))
+
+
+def evaluate(graphdef, params, tok, retriever, rc: RolloutConfig, rows: list, batch_size: int,
+             passages: Optional[dict] = None, rng_seed: int = 0, partial: str = "",
+             preemptible: bool = True, label: str = "evaluate") -> tuple:
+  """The evaluator every stage uses: greedy rollouts of `rows`, scored.
+
+  Returns (figures, trajectories). figures, one schema everywhere (train's validations and
+  test rows, the teacher's SFT checks, `evaluate`, tables, reports):
+    n, em, f1, answered, searches_per_question: means over the rows;
+    em_by_family: {family: EM} when rows carry a family (or a data_source);
+    em_per_question: 0/1 per row, in order (paired comparisons, eval/stats.py);
+    arcap: query and source capability; with `passages` (gold id → (title, text)) also
+      Thinking EM, the answer with the gold passages in context and no search.
+  `partial`, `preemptible`, `label`: as in `rollouts`.
+  """
   engine = RolloutEngine.for_model(graphdef, params, tok, retriever, rc,
                                    [q["question"] for q in rows])
-  trajs = rollouts(engine, rows, batch_size, partial=partial)
+  trajs = rollouts(engine, rows, batch_size, rng_seed=rng_seed, partial=partial,
+                   preemptible=preemptible, label=label)
   em = [exact_match(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
-  f1 = [token_f1(t.answer, q["golden_answers"]) for q, t in zip(rows, trajs)]
-  out = {"n": len(rows), "skipped_no_answer": f.skipped_no_answer, "em": float(np.mean(em)),
-         "f1": float(np.mean(f1)), "answered": float(np.mean([t.answer is not None
-                                                               for t in trajs]))}
-  fams = sorted({q["family"] for q in rows if "family" in q})
+  out = {"n": len(rows), "em": float(np.mean(em)) if em else 0.0,
+         "f1": float(np.mean([token_f1(t.answer, q["golden_answers"])
+                              for q, t in zip(rows, trajs)])) if rows else 0.0,
+         "answered": float(np.mean([t.answer is not None for t in trajs])) if trajs else 0.0,
+         "searches_per_question": float(np.mean([t.num_searches for t in trajs]))
+         if trajs else 0.0}
+  fams = sorted({f for f in map(family_of, rows) if f is not None})
   if fams:
-    out["em_by_family"] = {fam: float(np.mean([e for q, e in zip(rows, em)
-                                               if q.get("family") == fam])) for fam in fams}
+    out["em_by_family"] = {f: float(np.mean([e for q, e in zip(rows, em) if family_of(q) == f]))
+                           for f in fams}
+  out["em_per_question"] = em
   out["arcap"] = arcap.query_and_source(rows, trajs, tok)
   out["arcap"]["thinking_em"], out["arcap"]["thinking_n"] = (
       thinking(graphdef, params, tok, retriever, rc, rows, passages, batch_size,
                partial=partial and partial + "-thinking")
-      if thinking_too else (None, 0))
+      if passages is not None else (None, 0))
   return out, trajs
+
+
+HEADLINE = ("n", "em", "f1", "answered", "searches_per_question", "em_by_family")
+
+
+def headline(figures: dict) -> dict:
+  """The scalar part of `evaluate`'s figures (same keys), for validation records and logs."""
+  return {k: figures[k] for k in HEADLINE if k in figures}
+
+
+def read_history(path: str) -> list:
+  """Validation records kept in `path` ([] when none); a record written before the one
+  schema (EM under "avg") gets its "em"."""
+  if not os.path.isfile(path):
+    return []
+  rows = json.load(open(path))
+  for r in rows:
+    if "em" not in r and "avg" in r:
+      r["em"] = r["avg"]
+  return rows
 
 
 def thinking(graphdef, params, tok, retriever, rc: RolloutConfig, rows, passages: dict,

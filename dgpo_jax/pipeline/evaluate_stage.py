@@ -19,7 +19,6 @@ import jax
 
 from dgpo_jax.data import qa
 from dgpo_jax.eval import evaluate as evaluation
-from dgpo_jax.models import config as model_config
 from dgpo_jax.models import hf_io, registry
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from dgpo_jax.parallel import sharding
@@ -27,18 +26,10 @@ from dgpo_jax.pipeline import prepare, report, setup
 from dgpo_jax.rollout.engine import RolloutConfig
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.checkpoint import Checkpointer
+from dgpo_jax.train.step import Model
 from dgpo_jax.utils.errors import DgpoError, fail
 
 ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size")
-
-
-@dataclasses.dataclass
-class Loaded:
-  cfg: model_config.ModelConfig
-  graphdef: object
-  params: dict
-  tokenizer: Tokenizer
-  run_workdir: Optional[str]  # the training run the checkpoint came from, when known
 
 
 def expected_models(config) -> dict:
@@ -90,11 +81,13 @@ def _run_tokenizer(config, run: Optional[str], where: str, cfg) -> Tokenizer:
                         eos_ids=cfg.eos_ids, pad_id=cfg.pad_id)
 
 
-def load_checkpoint(config, path: str, mesh, rules, run_workdir: str = "") -> Loaded:
+def load_checkpoint(config, path: str, mesh, rules,
+                    run_workdir: str = "") -> tuple[Model, Optional[str]]:
   """Loads an HF directory or an orbax stage directory as one of the config's models.
 
-  `run_workdir` names the training run the checkpoint belongs to (its tokenizer, and for
-  the synthetic world its index and corpus); by default the run directory above it."""
+  Returns (the model with its tokenizer, the training run it belongs to: `run_workdir`, by
+  default the run directory above the checkpoint, or None). The run holds its tokenizer and,
+  for the synthetic world, its index and corpus."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     fail(f"--checkpoint={path}: no such directory")
@@ -105,8 +98,8 @@ def load_checkpoint(config, path: str, mesh, rules, run_workdir: str = "") -> Lo
     if diff:
       fail(f"--checkpoint={path} does not match the config's models (checkpoint vs config): "
            f"{diff}")
-    cfg, gd, params, _, tok = setup.load_pretrained(path, m.param_dtype, m.dtype, mesh, rules)
-    return Loaded(cfg, gd, params, tok, run_workdir or _find_run_workdir(path))
+    return (setup.load_pretrained(path, m.param_dtype, m.dtype, mesh, rules),
+            run_workdir or _find_run_workdir(path))
   ckpt = Checkpointer(path)
   if not ckpt.all_steps():
     ckpt.close()
@@ -130,7 +123,7 @@ def load_checkpoint(config, path: str, mesh, rules, run_workdir: str = "") -> Lo
       errors.append(f"{role}: {e}")
       continue
     print(f"[evaluate] {where}: the config's {role}", flush=True)
-    return Loaded(cfg, gd, placed, tok, run)
+    return Model(cfg, gd, placed, shard, tok), run
   fail(f"{where} does not match the config's models: {'; '.join(errors) or 'none described'}")
 
 
@@ -159,21 +152,21 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
   t0 = time.time()
   mesh = sharding.make_mesh(config.mesh)
   rules = setup.rules(config)
-  loaded = load_checkpoint(config, checkpoint, mesh, rules, run_workdir)
-  files = [qa.read_qa(s) for s in (data or default_data(config, loaded.run_workdir))]
+  model, run_dir = load_checkpoint(config, checkpoint, mesh, rules, run_workdir)
+  files = [qa.read_qa(s) for s in (data or default_data(config, run_dir))]
   for f in files:
     if f.skipped_no_answer:
       print(f"[evaluate] {f.name}: {f.skipped_no_answer} rows without answers skipped",
             flush=True)
     if max_questions:
       f.rows = f.rows[:max_questions]
-  retriever = retriever_for(config, loaded.run_workdir)
-  corpus = corpus or (os.path.join(loaded.run_workdir, "world", "corpus.jsonl")
-                      if "world" in config and loaded.run_workdir else config.data.corpus)
+  retriever = retriever_for(config, run_dir)
+  corpus = corpus or (os.path.join(run_dir, "world", "corpus.jsonl")
+                      if "world" in config and run_dir else config.data.corpus)
   want = {i for f in files for r in f.rows for i in (r.get("gold_ids") or [])}
   passages = evaluation.read_passages(corpus, want)
   rc = RolloutConfig.from_config(config)
-  out = {"checkpoint": os.path.abspath(checkpoint), "model": dataclasses.asdict(loaded.cfg),
+  out = {"checkpoint": os.path.abspath(checkpoint), "model": dataclasses.asdict(model.cfg),
          "datasets": {}}
   samples = {}
   done = []  # per-dataset results kept until the whole evaluation is written (preemption)
@@ -186,11 +179,12 @@ def run(config, checkpoint: str, data: list, workdir: str, corpus: str = "",
       _, out["datasets"][f.name], samples[f.name] = kept
       continue
     print(f"[evaluate] {f.name}: {len(f.rows)} questions", flush=True)
-    figs, trajs = evaluation.evaluate_dataset(loaded.graphdef, loaded.params, loaded.tokenizer,
-                                     retriever, rc, f, config.eval.batch_size, passages,
-                                     thinking_too=thinking, partial=keep)
+    figs, trajs = evaluation.evaluate(model.graphdef, model.params, model.tokenizer, retriever,
+                                      rc, f.rows, config.eval.batch_size,
+                                      passages if thinking else None, partial=keep)
+    figs["skipped_no_answer"] = f.skipped_no_answer
     out["datasets"][f.name] = figs
-    samples[f.name] = report.sample_trajectories(trajs, f.rows, loaded.tokenizer)
+    samples[f.name] = report.sample_trajectories(trajs, f.rows, model.tokenizer)
     if jax.process_index() == 0:
       cli.write_json(done[-1], [what, figs, samples[f.name]])
     print(f"[evaluate] {f.name}: EM {figs['em']:.3f} F1 {figs['f1']:.3f}", flush=True)
@@ -226,9 +220,9 @@ def export(config, checkpoint: str, out: str) -> str:
     cfg, params, tok, tok_dir = lm.cfg, lm.params, lm.tokenizer, path
   else:
     mesh = sharding.make_mesh(config.mesh)
-    loaded = load_checkpoint(config, path, mesh, setup.rules(config))
-    cfg, tok = loaded.cfg, loaded.tokenizer
-    params = jax.tree.map(jax.device_get, loaded.params)
+    model, _ = load_checkpoint(config, path, mesh, setup.rules(config))
+    cfg, tok = model.cfg, model.tokenizer
+    params = jax.tree.map(jax.device_get, model.params)
     if os.path.isfile(os.path.join(path, "config.json")):
       tok_dir = path
     elif config.tokenizer.kind == "sentencepiece":

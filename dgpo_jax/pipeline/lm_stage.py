@@ -33,27 +33,27 @@ def packed_data(config, tok):
   return rows
 
 
-def sample(built, params, prompts, max_new_tokens, chat=False, seed=0):
+def sample(model: Model, params, prompts, max_new_tokens, chat=False, seed=0):
   """Greedy continuations of `prompts` (one batched call)."""
-  tok = built.tokenizer
+  tok = model.tokenizer
   ids = [tok.encode(tok.apply_chat(p) if chat else p) for p in prompts]
-  sampler = Sampler(built.graphdef, params, shapes.pow2(max(map(len, ids)) + max_new_tokens),
+  sampler = Sampler(model.graphdef, params, shapes.pow2(max(map(len, ids)) + max_new_tokens),
                     pad_id=tok.pad_id)
   res = sampler.generate(ids, max_new_tokens, jax.random.key(seed), SamplingParams(greedy=True),
-                         stop_seqs=[[e] for e in built.cfg.eos_ids])
+                         stop_seqs=[[e] for e in model.cfg.eos_ids])
   return [tok.decode(res.tokens[i, :res.num_tokens[i]].tolist(), skip_special=True)
           for i in range(len(prompts))]
 
 
 def run(config, workdir: str):
   os.makedirs(workdir, exist_ok=True)
-  built = setup.build_model(config, workdir)
-  mesh, t = built.mesh, config.train
-  log(f"[lm] model {config.model.name}: {built.cfg.num_params() / 1e6:.2f}M params, "
+  model, mesh = setup.build_model(config, workdir)
+  t = config.train
+  log(f"[lm] model {config.model.name}: {model.cfg.num_params() / 1e6:.2f}M params, "
        f"mesh {dict(mesh.shape)}")
   if config.stage == "generate":
-    return _write_samples(config, workdir, built, built.params, {})
-  rows = packed_data(config, built.tokenizer)
+    return _write_samples(config, workdir, model, model.params, {})
+  rows = packed_data(config, model.tokenizer)
   B = t.batch_size
   n_data = mesh.shape["data"] * mesh.shape["fsdp"]
   if B % n_data:
@@ -63,18 +63,17 @@ def run(config, workdir: str):
     idx = lm_data.batch_indices(rows.shape[0], B, step, config.seed)
     return {"tokens": rows[idx], "mask": np.ones_like(rows[idx])}
 
-  params, last = fit("lm", workdir, Model(built.cfg, built.graphdef, built.params,
-                                           built.shardings), mesh,
-                     batch_fn, FitConfig.from_config(t), config.seed, log)
-  return _write_samples(config, workdir, built, params, last)
+  params, last = fit("lm", workdir, model, mesh, batch_fn, FitConfig.from_config(t),
+                     config.seed, log)
+  return _write_samples(config, workdir, model, params, last)
 
 
-def _write_samples(config, workdir, built, params, last_metrics):
+def _write_samples(config, workdir, model: Model, params, last_metrics):
   g = config.generate
   if jax.process_count() > 1:  # sample on each host's own devices from a gathered copy
     from dgpo_jax.parallel import distributed
     params = distributed.host_local(params)
-  outs = sample(built, params, list(g.prompts), g.max_new_tokens, chat=g.chat, seed=config.seed)
+  outs = sample(model, params, list(g.prompts), g.max_new_tokens, chat=g.chat, seed=config.seed)
   result = {"final_metrics": last_metrics,
             "samples": [{"prompt": p, "continuation": o} for p, o in zip(g.prompts, outs)]}
   if _is_main():

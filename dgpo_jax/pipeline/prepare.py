@@ -21,7 +21,6 @@ from dgpo_jax.data import lm_data
 from dgpo_jax.data import synthetic_world
 from dgpo_jax.eval import evaluate as evaluation
 from dgpo_jax.eval import probe
-from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models import hf_io
 from dgpo_jax.models.decoder import Decoder
@@ -164,7 +163,7 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
     first, every = p.get("sft_min_steps", p.sft_steps), max(1, p.get("sft_val_every", 200))
     ends = sorted({*range(min(first, p.sft_steps), p.sft_steps, every), p.sft_steps})
   val_f = os.path.join(workdir, "eval", "teacher_sft_val.json")
-  history = json.load(open(val_f)) if os.path.isfile(val_f) else []
+  history = evaluation.read_history(val_f)
   m = {}
   for k, end in enumerate(ends):
     fc = FitConfig(steps=end, schedule_steps=p.sft_steps, lr=p.sft_lr,
@@ -176,11 +175,11 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
     if target <= 0:
       break
     if len(history) <= k:
-      history.append({"step": end, **validate(params)})
+      history.append({"step": end, **evaluation.headline(validate(params))})
       if jax.process_index() == 0:
         cli.write_json(val_f, history, indent=2)
-      log(f"[teacher_sft] step {end}: dev EM {history[k]['avg']:.3f} (target {target})")
-    if history[k]["avg"] >= target:
+      log(f"[teacher_sft] step {end}: dev EM {history[k]['em']:.3f} (target {target})")
+    if history[k]["em"] >= target:
       break
   return params, m
 
@@ -193,24 +192,12 @@ def model_cfg(config, which, tok):
                              bos_id=tok.bos_id, max_seq_len=4096, scan_unroll=m.n_layers)
 
 
-def evaluate(cfg, graphdef, params, tok, retriever, config, questions, rng_seed=0,
-             partial="", preemptible=True):
-  """Greedy rollouts; EM overall and per family. Returns (summary, trajectories).
-  `partial`, `preemptible`: as in `eval.evaluate.rollouts`."""
-  rc = RolloutConfig.from_config(config)
-  engine = RolloutEngine.for_model(graphdef, params, tok, retriever, rc,
-                                   [q["question"] for q in questions])
-  trajs = evaluation.rollouts(engine, questions, config.eval.batch_size, rng_seed=rng_seed,
-                     partial=partial, preemptible=preemptible)
-  by_family = {}
-  for q, t in zip(questions, trajs):
-    family = q.get("family", q.get("data_source", "all"))
-    by_family.setdefault(family, []).append(exact_match(t.answer, q["golden_answers"]))
-  summary = {f: float(np.mean(v)) for f, v in sorted(by_family.items())}
-  summary["avg"] = float(np.mean([exact_match(t.answer, q["golden_answers"])
-                                  for q, t in zip(questions, trajs)]))
-  summary["searches_per_question"] = float(np.mean([t.num_searches for t in trajs]))
-  return summary, trajs
+def evaluate(model: Model, retriever, config, questions, **kw) -> tuple:
+  """`eval.evaluate.evaluate` of `model` (with its tokenizer) on `questions`, as the
+  config's rollout and eval sections say; `kw` as there."""
+  return evaluation.evaluate(model.graphdef, model.params, model.tokenizer, retriever,
+                             RolloutConfig.from_config(config), questions,
+                             config.eval.batch_size, **kw)
 
 
 def run(config, workdir):
@@ -268,14 +255,15 @@ def run(config, workdir):
     measure(f"{which}_lm", graphdef, params)
     if which == "teacher":
       dev_q = cli.read_jsonl(os.path.join(d, "dev.jsonl"))
-      validate = lambda p: evaluate(cfg, graphdef, p, tok, retriever, config,
-                                    dev_q[:config.prep.get("sft_val_questions", 100)])[0]
+      validate = lambda p: evaluate(Model(cfg, graphdef, p, shardings, tok), retriever, config,
+                                    dev_q[:config.prep.get("sft_val_questions", 100)],
+                                    label="validate")[0]
       params, m = sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws,
                               validate)
       results["teacher_sft_loss"] = m.get("loss")
       results["teacher_sft_steps"] = m.get("steps")
       measure("teacher_sft", graphdef, params)
-    models[which] = Model(cfg, graphdef, params, shardings)
+    models[which] = Model(cfg, graphdef, params, shardings, tok)
     if jax.process_index() == 0 and not os.path.isfile(
         os.path.join(workdir, "models", which, "tokenizer.model")):  # HF-format copy: loadable by `ask`, `generate`, transformers
       hf_io.export_hf(os.path.join(workdir, "models", which), cfg, jax.device_get(params),
@@ -287,8 +275,7 @@ def run(config, workdir):
       return json.load(f), models, tok, retriever
   dev = cli.read_jsonl(os.path.join(d, "dev.jsonl"))[:config.eval.num_questions]
   for which in ("teacher", "student"):
-    cfg, graphdef, params = models[which].cfg, models[which].graphdef, models[which].params
-    summary, trajs = evaluate(cfg, graphdef, params, tok, retriever, config, dev)
+    summary = evaluation.headline(evaluate(models[which], retriever, config, dev)[0])
     results[f"{which}_dev_em"] = summary
     log(f"[prepare] {which} dev EM: {summary}")
   if jax.process_index() == 0:

@@ -37,13 +37,15 @@ def sample_trajectories(trajs, questions, tok) -> dict:
 
 def em_table(rows: dict) -> str:
   """Markdown table: one row per model, EM per question family and the average."""
-  fams = [f for f in FAMILIES if any(f in r for r in rows.values())]
-  head = "| model | " + " | ".join(fams) + " | avg | searches/q |\n"
+  fam = lambda r: r.get("em_by_family", {})
+  fams = [f for f in FAMILIES if any(f in fam(r) for r in rows.values())]
+  fams += sorted({f for r in rows.values() for f in fam(r)} - set(fams))
+  head = "| model | " + " | ".join(fams) + " | EM | searches/q |\n"
   head += "|---" * (len(fams) + 3) + "|\n"
   body = ""
   for name, r in rows.items():
-    cells = [f"{r[f]:.3f}" if f in r else "-" for f in fams]
-    body += (f"| {name} | " + " | ".join(cells) + f" | **{r['avg']:.3f}** | "
+    cells = [f"{fam(r)[f]:.3f}" if f in fam(r) else "-" for f in fams]
+    body += (f"| {name} | " + " | ".join(cells) + f" | **{r['em']:.3f}** | "
              f"{r.get('searches_per_question', float('nan')):.2f} |\n")
   return head + body
 
@@ -64,7 +66,7 @@ def write(workdir, config, results, history, samples):
   if history.get("kd"):
     parts.append("\n## KD validation (dev EM per epoch)\n\n")
     parts.append("| epoch | step | EM | loss |\n|---|---|---|---|\n" + "".join(
-        f"| {h['epoch']} | {h['step']} | {h['avg']:.3f} | {h.get('loss', float('nan')):.4f} |\n"
+        f"| {h['epoch']} | {h['step']} | {h['em']:.3f} | {h.get('loss', float('nan')):.4f} |\n"
         for h in history["kd"]))
   rl_name = results.get("stages", {}).get("rl")
   rl_metrics = os.path.join(workdir, f"metrics_{rl_name}.jsonl")
@@ -89,10 +91,10 @@ def write(workdir, config, results, history, samples):
                    f"{len(em_rows)} steps: {c['first']:.3f} → {c['last']:.3f}, change "
                    f"{c['change']:+.3f} (95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
                    f"bootstrap over {over}).\n")
-    val = [r for r in rows if "val_avg" in r]
+    val = [r for r in rows if "val_em" in r]
     if val:
       parts.append("\nRL validation EM (dev slice): " + ", ".join(
-          f"step {r['step']}: {r['val_avg']:.3f}" for r in val) + ".\n")
+          f"step {r['step']}: {r['val_em']:.3f}" for r in val) + ".\n")
   shown = {k: v for k, v in samples.items()
            if not (k == "student_kd" and "student_final" in samples)}
   _finish(workdir, config, parts, shown)

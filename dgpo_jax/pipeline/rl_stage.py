@@ -237,8 +237,9 @@ def run_rl(name, config, workdir, student: Model, other: Model, engine_args, tra
     m.update(um, step_time_s=time.time() - t0, rollout_time_s=t_roll, tokens_in=tokens)
     if evaluate is not None and c.val_every and ((step + 1) % c.val_every == 0
                                                  or step + 1 == c.steps):
-      m.update({f"val_{k}": v for k, v in evaluate(run.policy(state)).items()
-                if isinstance(v, float)})
+      figures = evaluate(run.policy(state))
+      m.update({f"val_{k}": v for k, v in figures.items() if isinstance(v, float)})
+      m.update({f"val_em_{f}": v for f, v in figures.get("em_by_family", {}).items()})
     return state, m, why
 
   fc = loop.FitConfig(steps=c.steps, lr=c.actor_lr, log_every=config.train.log_every,

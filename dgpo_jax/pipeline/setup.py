@@ -1,6 +1,5 @@
 """Builds what every stage needs from a config: mesh, tokenizer, sharded model."""
 
-import dataclasses
 import os
 from typing import Optional
 
@@ -14,17 +13,8 @@ from dgpo_jax.models import registry
 from dgpo_jax.models.decoder import Decoder
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer
 from dgpo_jax.parallel import sharding
+from dgpo_jax.train.step import Model
 from dgpo_jax.utils.errors import fail
-
-
-@dataclasses.dataclass
-class Built:
-  cfg: model_config.ModelConfig
-  graphdef: object
-  params: dict  # pure dict, sharded
-  shardings: dict  # pure dict of NamedSharding
-  tokenizer: Tokenizer
-  mesh: jax.sharding.Mesh
 
 
 def rules(config):
@@ -62,15 +52,17 @@ def build_tokenizer(config, workdir: str, texts=None) -> Optional[Tokenizer]:
   return SentencePieceTokenizer(prefix + ".model", chat_format="plain")
 
 
-def build_model(config, workdir: str, ctor=Decoder) -> Built:
-  """Mesh + tokenizer + model params created (or loaded) directly sharded."""
+def build_model(config, workdir: str, ctor=Decoder) -> tuple[Model, jax.sharding.Mesh]:
+  """(the config's `model`, with its tokenizer, created or loaded directly sharded; the
+  mesh)."""
   mesh = sharding.make_mesh(config.mesh)
   rl = rules(config)
   m = config.model
   if m.init == "pretrained":
-    cfg, graphdef, params, shardings, model_tok = load_pretrained(
-        m.name, m.param_dtype, m.dtype, mesh, rl, m.remat, ctor)
-    tok = build_tokenizer(config, workdir) or model_tok
+    loaded = load_pretrained(m.name, m.param_dtype, m.dtype, mesh, rl, m.remat, ctor)
+    cfg, graphdef, params, shardings = (loaded.cfg, loaded.graphdef, loaded.params,
+                                        loaded.shardings)
+    tok = build_tokenizer(config, workdir) or loaded.tokenizer
   elif m.init == "random":
     tok = build_tokenizer(config, workdir)
     overrides = {k: getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
@@ -87,17 +79,17 @@ def build_model(config, workdir: str, ctor=Decoder) -> Built:
   else:
     fail(f"config.model.init={m.init!r}: expected 'random' or 'pretrained'")
   tok.check_vocab(cfg.vocab_size)
-  return Built(cfg, graphdef, params, shardings, tok, mesh)
+  return Model(cfg, graphdef, params, shardings, tok), mesh
 
 
-def load_pretrained(spec, param_dtype, dtype, mesh, rules, remat=False, ctor=Decoder):
-  """(cfg, graphdef, params, shardings, tokenizer) of a pretrained model, placed sharded."""
+def load_pretrained(spec, param_dtype, dtype, mesh, rules, remat=False, ctor=Decoder) -> Model:
+  """A pretrained model (HF directory or registry name) with its tokenizer, placed sharded."""
   lm = registry.load(spec, param_dtype=param_dtype, dtype=dtype)
   make = lambda c, rngs: ctor(c, rngs=rngs, remat=remat)
   graphdef, abs_state = registry.abstract_state(lm.cfg, make)
   shardings = sharding.state_shardings(abs_state, mesh, rules)
   graphdef, params = registry.place_params(lm.cfg, lm.params, shardings, ctor=make)
-  return lm.cfg, graphdef, params, shardings, lm.tokenizer
+  return Model(lm.cfg, graphdef, params, shardings, lm.tokenizer)
 
 
 def build_retriever(config):

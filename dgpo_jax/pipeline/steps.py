@@ -1,5 +1,5 @@
 """The jitted steps of the KD and RL stages, built in one place from (config, models, mesh):
-`pipeline.train` and `pipeline.rl_stage` call them and `plan` (through `pipeline.aot`)
+`pipeline.method` and `pipeline.rl_stage` call them and `plan` (through `pipeline.aot`)
 lowers the very same `Step` objects on their `spec`, so the shapes and shardings it reports
 are the ones training passes (`tests/test_methods.py`, `tests/test_rl_stage.py`)."""
 

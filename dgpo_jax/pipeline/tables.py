@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from dgpo_jax.pipeline import prepare, stages, train
+from dgpo_jax.pipeline import method, prepare, stages
 from dgpo_jax.pipeline.report import FAMILIES
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
@@ -74,14 +74,14 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   for m, a in runs:  # every run's plan and batch sizes, before any expensive work
     c = _variant(config, method=m, ablation=a)
     stages.plan(c)
-    train.check_batches(c, mesh)
+    method.check_batches(c, mesh)
   t0 = time.time()
   shared = os.path.join(workdir, "shared")
-  _, student, teacher, env = train.setup_run(config, shared)
+  _, student, teacher, env = method.setup_run(config, shared)
   # TGO once: as configured, and all trajectories (for kd_with_incorrect_tgo)
   for keep in sorted({bool(config.tgo.keep_incorrect), True}):
     c = _variant(config, tgo=dict(config.tgo.to_dict(), keep_incorrect=keep))
-    train.teacher_trajectories(c, shared, teacher, env.tok, env.retriever, env.train_q)
+    method.teacher_trajectories(c, shared, teacher, env.tok, env.retriever, env.train_q)
   log(f"[tables] preparation and TGO: {time.time() - t0:.0f} s")
   todo = [(s, m, a) for s in seeds for m, a in runs]
   done_n, t_runs = 0, time.time()
@@ -95,7 +95,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
     prepare.copy_prepared(shared, wd)
     _share_reference_evals(shared, wd)
     c = _run_config(config, method, ablation, seed)
-    res = train.run(c, wd)
+    res = method.run(c, wd)
     _share_reference_evals(wd, shared)
     cli.write_json(out, res)
     results[(seed, method, ablation)] = res
@@ -109,7 +109,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
     files = [os.path.join(workdir, f"seed{s}",
-                          f"metrics_{train.rl_name(_run_config(config, m, a, s))}.jsonl")
+                          f"metrics_{method.rl_name(_run_config(config, m, a, s))}.jsonl")
              for s in seeds]
     series = [cli.read_jsonl(f) for f in files if os.path.isfile(f)]
     if series:
@@ -136,14 +136,19 @@ def _ms(xs):
   return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "n": len(xs)}
 
 
+def _em(figures: dict, key: str):
+  """EM of an evaluation (`eval.evaluate` figures): overall ("em") or of one family."""
+  return figures.get("em") if key == "em" else figures.get("em_by_family", {}).get(key)
+
+
 def aggregate(results: dict, seeds, runs) -> dict:
-  """Mean ± std over seeds of each run's final-student test EM (per family + avg) and
+  """Mean ± std over seeds of each run's final-student test EM (per family + "em") and
   ARCap; the teacher and base student once (they do not depend on the training seed)."""
   rows = {}
   for m, a in runs:
     per_seed = [results[(s, m, a)]["test"]["student_final"] for s in seeds
                 if (s, m, a) in results]
-    row = {f: _ms([r.get(f) for r in per_seed]) for f in FAMILIES + ("avg",)}
+    row = {f: _ms([_em(r, f) for r in per_seed]) for f in FAMILIES + ("em",)}
     row["arcap"] = {k: _ms([r.get("arcap", {}).get(k) for r in per_seed]) for k in ARCAP_KEYS}
     rows[tag(m, a)] = row
   first = next(iter(results.values()), None)
@@ -152,7 +157,7 @@ def aggregate(results: dict, seeds, runs) -> dict:
     for label in ("teacher", "student_base"):
       r = first["test"].get(label)
       if r:
-        ref[label] = {f: _ms([r.get(f)]) for f in FAMILIES + ("avg",)}
+        ref[label] = {f: _ms([_em(r, f)]) for f in FAMILIES + ("em",)}
         ref[label]["arcap"] = {k: _ms([r.get("arcap", {}).get(k)]) for k in ARCAP_KEYS}
   return {"seeds": list(seeds), "runs": rows, "reference": ref}
 
@@ -184,11 +189,11 @@ def _cell(v, bold=False):
 
 
 def markdown(tables: dict) -> str:
-  head = "| model | " + " | ".join(FAMILIES) + " | avg |\n" + "|---" * (len(FAMILIES) + 2) + "|\n"
+  head = "| model | " + " | ".join(FAMILIES) + " | EM |\n" + "|---" * (len(FAMILIES) + 2) + "|\n"
 
   def em_rows(names, src):
     return "".join(f"| {n} | " + " | ".join(_cell(src[n][f]) for f in FAMILIES)
-                   + f" | {_cell(src[n]['avg'], True)} |\n" for n in names if n in src)
+                   + f" | {_cell(src[n]['em'], True)} |\n" for n in names if n in src)
 
   main = [tag(m, a) for m, a in MAIN]
   abl = ["dgpo"] + [tag(m, a) for m, a in ABLATIONS]

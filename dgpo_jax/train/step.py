@@ -24,12 +24,15 @@ _RECORD: Optional[list] = None
 
 @dataclasses.dataclass
 class Model:
-  """A model on the mesh: its config, graphdef, params (pure dict; abstract in `plan`) and
-  their shardings."""
+  """A model on the mesh: its config, graphdef, params (pure dict; abstract in `plan`),
+  their shardings, and the tokenizer it reads (None where only its numbers matter). Every
+  builder returns one: `setup.build_model`, `setup.load_pretrained`, `prepare.run`,
+  `evaluate_stage.load_checkpoint`."""
   cfg: object
   graphdef: object
   params: dict
   shardings: dict
+  tokenizer: object = None
 
   def abstract(self) -> dict:
     return abstract(self.params, self.shardings)

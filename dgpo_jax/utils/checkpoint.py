@@ -32,14 +32,28 @@ def abstract_like(tree, shardings=None):
                       shardings)
 
 
-def write_error(e: Exception) -> str:
-  """The OS reason inside a failed write (orbax and tensorstore bury it in their text)."""
-  if isinstance(e, OSError) and e.strerror:
-    return f"{e.strerror} (errno {e.errno})"
-  m = re.search(r": ([^:\[]+) \[os_error_code='(\d+)'\]", str(e))
+def write_error(e: BaseException) -> str:
+  """The OS reason inside a failed write (orbax and tensorstore bury it in their text).
+
+  The OSError may be the exception itself, its cause or context, one of a group's, or only
+  text ("... [os_error_code='28']", "[Errno 28] ..."); the first one found is reported."""
+  seen, todo = set(), [e]
+  while todo:  # the exception's whole chain, breadth-first
+    x = todo.pop(0)
+    if x is None or id(x) in seen:
+      continue
+    seen.add(id(x))
+    if isinstance(x, OSError) and x.errno:
+      return f"{x.strerror or os.strerror(x.errno)} (errno {x.errno})"
+    todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+  text = str(e)
+  m = re.search(r": ([^:\[]+) \[os_error_code='?(\d+)'?\]", text)
   if m:
     return f"{m.group(1).strip()} (errno {m.group(2)})"
-  return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+  m = re.search(r"(?:os_error_code|Errno|errno)\W{0,3}(\d+)", text)
+  if m:
+    return f"{os.strerror(int(m.group(1)))} (errno {m.group(1)})"
+  return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 class Checkpointer:

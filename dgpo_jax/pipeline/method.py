@@ -17,10 +17,8 @@ import jax
 import numpy as np
 
 from dgpo_jax.data import lm_data, qa
-from dgpo_jax.eval import arcap
 from dgpo_jax.eval import evaluate as evaluation
 from dgpo_jax.eval import probe
-from dgpo_jax.eval.metrics import exact_match
 from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report, rl_stage, stages, steps
@@ -150,7 +148,7 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   batch_fn = lambda step: dict(rows(step), step=np.full((bs,), step, np.int32))
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
-  history = json.load(open(val_f)) if os.path.isfile(val_f) else []
+  history = evaluation.read_history(val_f)
   params = student.params
   for epoch in range(k.epochs):
     fc = steps.kd_fit_config(config, spe, epoch + 1)
@@ -158,12 +156,12 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
                                          student.shardings), mesh, batch_fn, fc, config.seed,
                     log, loss_fn=loss_fn, frozen=teacher)
     if len(history) <= epoch:
-      summary = evaluate(params)
+      summary = evaluation.headline(evaluate(params))
       history.append({"epoch": epoch + 1, "step": fc.steps, **summary, **m})
       _write_json(val_f, history)
-      log(f"[{name}] epoch {epoch + 1}/{k.epochs}: val EM {summary['avg']:.3f}")
-    if k.em_threshold > 0 and history[epoch]["avg"] >= k.em_threshold:
-      log(f"[{name}] val EM {history[epoch]['avg']:.3f} ≥ kd.em_threshold "
+      log(f"[{name}] epoch {epoch + 1}/{k.epochs}: val EM {summary['em']:.3f}")
+    if k.em_threshold > 0 and history[epoch]["em"] >= k.em_threshold:
+      log(f"[{name}] val EM {history[epoch]['em']:.3f} ≥ kd.em_threshold "
            f"{k.em_threshold}: switching to the next stage")
       break
   return params, history
@@ -201,17 +199,15 @@ def _pretrained(config, workdir, with_teacher):
     sec, name = field.split(".")
     if not config[sec][name]:
       fail(f"config.{field} is empty: pretrained-model training needs it")
-  built = prepare.setup.build_model(config, workdir)
-  student, teacher = Model(built.cfg, built.graphdef, built.params, built.shardings), None
+  student, mesh = prepare.setup.build_model(config, workdir)
+  teacher = None
   if with_teacher:
     t = config.teacher_model
-    cfg, gd, params, sh, _ = prepare.setup.load_pretrained(
-        t.name, t.param_dtype, t.dtype, built.mesh, prepare.setup.rules(config),
-        config.model.remat)
-    teacher = Model(cfg, gd, params, sh)
+    teacher = prepare.setup.load_pretrained(t.name, t.param_dtype, t.dtype, mesh,
+                                            prepare.setup.rules(config), config.model.remat)
   files = [qa.read_qa(config.data[s]) for s in ("train", "dev", "test")]
   prep = {"skipped_no_answer": {f.name: f.skipped_no_answer for f in files}}
-  env = Environment(built.tokenizer, prepare.setup.build_retriever(config),
+  env = Environment(student.tokenizer, prepare.setup.build_retriever(config),
                     *(f.rows for f in files), config.data.corpus,
                     {"tokenizer_dir": registry.resolve(config.model.name)})
   return prep, student, teacher, env
@@ -299,21 +295,16 @@ def _test_row(config, label, f, m: Model, params, env: Environment, test_q, pass
   """One model's test evaluation (cached in `f`): summary, per-question EM, ARCap, and
   sample trajectories."""
   if os.path.isfile(f):
-    return json.load(open(f))
-  tok, retriever = env.tok, env.retriever
-  summary, trajs = prepare.evaluate(m.cfg, m.graphdef, params, tok, retriever, config, test_q,
-                                    partial=f[:-len(".json")] + ".partial")
-  row = dict(summary, samples=report.sample_trajectories(trajs, test_q, tok))
-  # Per question, in test order: paired comparisons between methods (eval.stats).
-  row["em_per_question"] = [exact_match(t.answer, q["golden_answers"])
-                            for t, q in zip(trajs, test_q)]
-  row["arcap"] = arcap.query_and_source(test_q, trajs, tok)
-  if config.eval.arcap_thinking:
-    row["arcap"]["thinking_em"], row["arcap"]["thinking_n"] = evaluation.thinking(
-        m.graphdef, params, tok, retriever, RolloutConfig.from_config(config), test_q,
-        passages(), config.eval.batch_size, partial=f[:-len(".json")] + ".partial-thinking")
+    row = json.load(open(f))
+    if "em" in row:  # (an evaluation kept before the one schema is redone)
+      return row
+  figures, trajs = prepare.evaluate(
+      dataclasses.replace(m, params=params, tokenizer=env.tok), env.retriever, config, test_q,
+      passages=passages() if config.eval.arcap_thinking else None,
+      partial=f[:-len(".json")] + ".partial")
+  row = dict(figures, samples=report.sample_trajectories(trajs, test_q, env.tok))
   _write_json(f, row)
-  log(f"[eval] {label} test EM: {summary}")
+  log(f"[eval] {label} test EM: {evaluation.headline(figures)}")
   return row
 
 
@@ -327,8 +318,9 @@ def run(config, workdir):
   test_q = env.test_q[:config.eval.num_questions]
 
   def evaluator(m: Model, qs, preemptible=True):
-    return lambda p: prepare.evaluate(m.cfg, m.graphdef, p, env.tok, env.retriever, config, qs,
-                                      preemptible=preemptible)[0]
+    return lambda p: prepare.evaluate(dataclasses.replace(m, params=p, tokenizer=env.tok),
+                                      env.retriever, config, qs, preemptible=preemptible,
+                                      label="validate")[0]
 
   checkpoints, history, names, current = _run_stages(config, workdir, plan_, student, teacher,
                                                      env, mesh, evaluator)
