@@ -47,19 +47,19 @@ def workdir(tmp_path_factory, smoke_run):
 ])
 def test_method_runs(workdir, method, stages, steps):
   from dgpo_jax.parallel import sharding
-  from dgpo_jax.pipeline import method
+  from dgpo_jax.pipeline import method as method_lib
   from dgpo_jax.train.step import recording
   config = _config(method=method)
   with recording() as calls:
-    res = method.run(config, str(workdir))
+    res = method_lib.run(config, str(workdir))
   assert res["stages"] == stages and res["method"] == method
   assert 0.0 <= res["test"]["student_final"]["em"] <= 1.0
   assert ["kd_update" if n.startswith("kd-") else n for n, _ in calls] == steps
   if method == "grpo":  # every question's group of 2 in the experience pass, 4 per update
     assert calls[0][1][3]["tokens"][0][0] == 8 and calls[1][1][1]["tokens"][0][0] == 4
-  _, student, teacher, *_ = method.setup_run(config, str(workdir))
+  _, student, teacher, *_ = method_lib.setup_run(config, str(workdir))
   assert_plan_matches(config, sharding.make_mesh(config.mesh),
-                      method.prepare.setup.rules(config), student, teacher, calls)
+                      method_lib.prepare.setup.rules(config), student, teacher, calls)
   if "rl" in stages:
     rows = [json.loads(l) for l in open(workdir / f"metrics_{stages['rl']}.jsonl")]
     assert rows[-1]["step"] == 1 and rows[-1]["skipped"] == 0.0
