@@ -13,8 +13,8 @@ accuracy on:
       [--extra=0] [--kind=names|syllables] [--out=FILE]
 
 DIR is a prepared run of configs/synthetic.py (its world/ and tokenizer/). One XLA:CPU
-thread; the student (0.16M) takes about 0.3 s per step of 16 × 256 tokens on this machine.
-Figures: docs/synthetic.md ("Base skills").
+thread. The diagnosis it serves, and the exploratory figures that preceded it:
+docs/synthetic.md ("Base skills: why the base models cannot copy").
 """
 
 import argparse
