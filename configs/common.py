@@ -63,6 +63,8 @@ def base() -> ml_collections.ConfigDict:
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.kind = "model"  # "model": the pretrained model's own; "sentencepiece": train one
   c.tokenizer.vocab_size = 2048
+  # "sentencepiece": the longest piece in characters (0: SentencePiece's default, 16)
+  c.tokenizer.max_piece_length = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = WIKI_SAMPLE

@@ -37,6 +37,11 @@ def get_config(arg: str = ""):
   c.xla_flags = "--xla_cpu_multi_thread_eigen=false"
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 2048
+  # Pieces of at most 4 characters: a name is then its syllables ("▁Fen ith no"), which the
+  # names of held-out subjects share, instead of one whole-name piece that only training
+  # subjects have (some held-out name pieces never occur in the pretraining text); the base
+  # models then copy and read held-out names better (benchmarks.base_skills, docs/synthetic.md).
+  c.tokenizer.max_piece_length = 4
   c.data.seq_len = 256
   c.retrieval.encoder = "bm25"
   c.rollout.max_turns = 4

@@ -29,7 +29,8 @@ needs_shared = pytest.mark.skipif(not os.path.isfile(WIKI), reason="../shared/da
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
   for item in items:  # see pytest.ini: one xdist worker builds and reads the smoke run
-    if "smoke_run" in getattr(item, "fixturenames", ()):
+    if ("smoke_run" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("smoke_any_worker") is None):
       item.add_marker(pytest.mark.xdist_group("smoke"))
 
 
@@ -59,8 +60,9 @@ def run_main(workdir, *extra, config="configs/synthetic.py:lm", devices=2, timeo
 def smoke_run(tmp_path_factory):
   """One uninterrupted run of configs/synthetic.py:smoke, shared by the tests that read it
   (end to end, evaluate/export, crash-resume and determinism), built once per test session
-  (those tests share one xdist worker, `pytest.ini`; the file lock keeps it once if they do
-  not). Tests only read it (or copy it). Returns its workdir."""
+  (those tests share one xdist worker, `pytest.ini`, except the long ones marked
+  `smoke_any_worker`, which balance the two; the file lock keeps the build once). Tests only
+  read it (or copy it). Returns its workdir."""
   import fcntl
   if not os.path.isfile(WIKI):
     pytest.skip("../shared/data not present")

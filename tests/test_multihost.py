@@ -124,6 +124,7 @@ def test_two_processes_roll_out_their_own_share(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke_any_worker
 def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
   """The smoke DGPO run (KD, on-policy RL with rollouts, evaluations) on 2 processes × 1
   device, from the shared smoke run's preparation and TGO: KD losses and the greedy test

@@ -83,6 +83,7 @@ def _all_complete_checkpoints_readable(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke_any_worker
 @needs_shared
 def test_sigkill_and_sigterm_during_kd_and_ppo_then_identical_results(smoke_run, tmp_path):
   """SIGTERM in KD, SIGKILL at a random point of KD, two SIGTERMs in PPO, then a corrupted

@@ -18,12 +18,22 @@ ACTION_TAGS = ("<think>", "</think>", "<search>", "</search>", "<information>",
                "</information>", "<answer>", "</answer>")
 
 
+def spm_prefix(directory: str, tokenizer_config) -> str:
+  """Where a run keeps its trained SentencePiece model (`<prefix>.model`): named by the
+  settings it was trained with, so a changed setting never reads a stale one."""
+  cap = tokenizer_config.get("max_piece_length", 0)
+  return os.path.join(directory, "tokenizer",
+                      f"spm{tokenizer_config.vocab_size}" + (f"-p{cap}" if cap else ""))
+
+
 def train_sentencepiece(texts: Iterable[str], out_prefix: str, vocab_size: int,
-                        user_symbols: Sequence[str] = ACTION_TAGS) -> str:
+                        user_symbols: Sequence[str] = ACTION_TAGS,
+                        max_piece_length: int = 0) -> str:
   """Trains a BPE SentencePiece model (ids: pad 0, eos 1, bos 2, unk 3), deterministically.
 
   The action tags are user-defined symbols, so each is always one token. Written atomically
-  (`<prefix>.model`); returns its path.
+  (`<prefix>.model`); returns its path. `max_piece_length` > 0 caps a piece's characters
+  (SentencePiece's default is 16); the vocabulary may then come out smaller than asked.
   """
   import sentencepiece as spm
   model = out_prefix + ".model"
@@ -39,7 +49,8 @@ def train_sentencepiece(texts: Iterable[str], out_prefix: str, vocab_size: int,
       character_coverage=1.0, byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
       user_defined_symbols=list(user_symbols), split_digits=True,
       input_sentence_size=200000, shuffle_input_sentence=False, num_threads=1,
-      max_sentence_length=1 << 14, minloglevel=2, hard_vocab_limit=False)
+      max_sentence_length=1 << 14, minloglevel=2, hard_vocab_limit=False,
+      max_sentencepiece_length=max_piece_length or 16)
   os.replace(tmp + ".model", model)
   os.replace(tmp + ".vocab", out_prefix + ".vocab")
   return model

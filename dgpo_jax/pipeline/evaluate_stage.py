@@ -17,7 +17,7 @@ from typing import Optional
 
 import jax
 
-from dgpo_jax.data import qa
+from dgpo_jax.data import lm_data, qa
 from dgpo_jax.eval import evaluate as evaluation
 from dgpo_jax.models import hf_io, registry
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
@@ -72,7 +72,7 @@ def _find_run_workdir(path: str) -> Optional[str]:
 
 def _run_tokenizer(config, run: Optional[str], where: str, cfg) -> Tokenizer:
   if config.tokenizer.kind == "sentencepiece":
-    spm = os.path.join(run or "?", "tokenizer", f"spm{config.tokenizer.vocab_size}.model")
+    spm = lm_data.spm_prefix(run or "?", config.tokenizer) + ".model"
     if not os.path.isfile(spm):
       fail(f"{where}: cannot find the run's tokenizer ({spm}); evaluate the HF export under "
            f"WORKDIR/models instead, or keep the checkpoint inside its run directory")

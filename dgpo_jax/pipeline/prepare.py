@@ -200,21 +200,29 @@ def evaluate(model: Model, retriever, config, questions, **kw) -> tuple:
                              config.eval.batch_size, **kw)
 
 
+def world_tokenizer(config, world_dir: str, prefix: str) -> SentencePieceTokenizer:
+  """The world's SentencePiece tokenizer (trained once, cached at `prefix`): on the training
+  subjects' passages, the prompt and the oracle's action traces, so the action tags and the
+  reasoning's phrasing are pieces; `tokenizer.max_piece_length` caps a piece's length."""
+  if not os.path.isfile(prefix + ".model"):
+    train = cli.read_jsonl(os.path.join(world_dir, "train.jsonl"))
+    texts = [l.strip() for l in open(os.path.join(world_dir, "pretrain.txt"))]
+    texts += [rollout_text.PROMPT, rollout_text.INVALID_ACTION] + [
+        " ".join(f"<think> {th} </think> <{k}> {p} </{k}>"
+                 for k, th, p in synthetic_world.oracle_steps(q))
+        for q in train[:2000]]
+    lm_data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size,
+                                max_piece_length=config.tokenizer.get("max_piece_length", 0))
+  return SentencePieceTokenizer(prefix + ".model", chat_format="plain")
+
+
 def run(config, workdir):
   """Prepares world, tokenizer, index, and the pretrained student and SFT'd teacher.
   Returns (results, {"student": Model, "teacher": Model}, tokenizer, retriever)."""
   d = build_world(config, workdir)
   ws = world_seed(config)
-  tok_prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
-  if not os.path.isfile(tok_prefix + ".model"):
-    train = cli.read_jsonl(os.path.join(d, "train.jsonl"))
-    texts = [l.strip() for l in open(os.path.join(d, "pretrain.txt"))]
-    texts += [rollout_text.PROMPT, rollout_text.INVALID_ACTION] + [
-        " ".join(f"<think> {th} </think> <{k}> {p} </{k}>"
-                 for k, th, p in synthetic_world.oracle_steps(q))
-        for q in train[:2000]]
-    lm_data.train_sentencepiece(texts, tok_prefix, config.tokenizer.vocab_size)
-  tok = SentencePieceTokenizer(tok_prefix + ".model", chat_format="plain")
+  tok_prefix = lm_data.spm_prefix(workdir, config.tokenizer)
+  tok = world_tokenizer(config, d, tok_prefix)
   index_dir = os.path.join(d, "index_bm25")
   if not os.path.isfile(os.path.join(index_dir, "meta.json")):
     index_lib.build(os.path.join(d, "corpus.jsonl"), index_dir, "bm25")
@@ -243,9 +251,8 @@ def run(config, workdir):
     graphdef, params, shardings = sharding.create_sharded(
         lambda: Decoder(cfg, rngs=nnx.Rngs(ws + (which == "teacher"))), mesh, rules)
     log(f"[prepare] {which}: {cfg.num_params() / 1e6:.2f}M params")
-    B = config.prep.batch_size
-    lm_batch = lambda s: {"tokens": lm_rows[lm_data.batch_indices(len(lm_rows), B, s, ws)],
-                          "mask": np.ones((B, lm_rows.shape[1]), np.int32)}
+    lm_batch = lambda s, B=config.prep.batch_size: {"tokens": lm_rows[lm_data.batch_indices(
+        len(lm_rows), B, s, ws)], "mask": np.ones((B, lm_rows.shape[1]), np.int32)}
     fc = FitConfig(steps=config.prep.lm_steps, lr=config.prep.lm_lr,
                    warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,
                    ckpt_every=config.train.ckpt_every)

@@ -41,12 +41,13 @@ def build_tokenizer(config, workdir: str, texts=None) -> Optional[Tokenizer]:
     return None
   if kind != "sentencepiece":
     fail(f"config.tokenizer.kind={kind!r}: expected 'model' or 'sentencepiece'")
-  prefix = os.path.join(workdir, "tokenizer", f"spm{config.tokenizer.vocab_size}")
+  prefix = lm_data.spm_prefix(workdir, config.tokenizer)
   if not os.path.isfile(prefix + ".model") and jax.process_index() == 0:
     texts = texts if texts is not None else corpus_texts(config)
     print(f"[setup] training SentencePiece ({config.tokenizer.vocab_size} pieces) on "
           f"{len(texts)} passages", flush=True)
-    lm_data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size)
+    lm_data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size,
+                                max_piece_length=config.tokenizer.get("max_piece_length", 0))
   from dgpo_jax.parallel import distributed
   distributed.barrier("tokenizer")  # the other processes read what process 0 wrote
   return SentencePieceTokenizer(prefix + ".model", chat_format="plain")

@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from dgpo_jax.pipeline import method, prepare, stages
+from dgpo_jax.pipeline import method as method_lib
+from dgpo_jax.pipeline import prepare, stages
 from dgpo_jax.pipeline.report import FAMILIES
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
@@ -74,14 +75,14 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   for m, a in runs:  # every run's plan and batch sizes, before any expensive work
     c = _variant(config, method=m, ablation=a)
     stages.plan(c)
-    method.check_batches(c, mesh)
+    method_lib.check_batches(c, mesh)
   t0 = time.time()
   shared = os.path.join(workdir, "shared")
-  _, student, teacher, env = method.setup_run(config, shared)
+  _, student, teacher, env = method_lib.setup_run(config, shared)
   # TGO once: as configured, and all trajectories (for kd_with_incorrect_tgo)
   for keep in sorted({bool(config.tgo.keep_incorrect), True}):
     c = _variant(config, tgo=dict(config.tgo.to_dict(), keep_incorrect=keep))
-    method.teacher_trajectories(c, shared, teacher, env.tok, env.retriever, env.train_q)
+    method_lib.teacher_trajectories(c, shared, teacher, env.tok, env.retriever, env.train_q)
   log(f"[tables] preparation and TGO: {time.time() - t0:.0f} s")
   todo = [(s, m, a) for s in seeds for m, a in runs]
   done_n, t_runs = 0, time.time()
@@ -95,7 +96,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
     prepare.copy_prepared(shared, wd)
     _share_reference_evals(shared, wd)
     c = _run_config(config, method, ablation, seed)
-    res = method.run(c, wd)
+    res = method_lib.run(c, wd)
     _share_reference_evals(wd, shared)
     cli.write_json(out, res)
     results[(seed, method, ablation)] = res
@@ -109,7 +110,7 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
     files = [os.path.join(workdir, f"seed{s}",
-                          f"metrics_{method.rl_name(_run_config(config, m, a, s))}.jsonl")
+                          f"metrics_{method_lib.rl_name(_run_config(config, m, a, s))}.jsonl")
              for s in seeds]
     series = [cli.read_jsonl(f) for f in files if os.path.isfile(f)]
     if series:
