@@ -2,16 +2,17 @@
 
 Stage "train": `prepare` generates the world (760 entities, FlashRAG-format corpus and
 question files with single-hop / bridge / comparison / three-hop families over disjoint
-entities, plus reading and copy drills), trains a SentencePiece tokenizer, builds a BM25
-index, LM-pretrains a teacher (0.95M params) and a student (0.16M), SFTs the teacher on
+entities, plus reading and copy drills), trains a SentencePiece tokenizer (pieces of ≤ 4
+characters), builds a BM25 index, LM-pretrains a teacher (0.89M params) and a student
+(0.13M), SFTs the teacher on
 oracle demonstrations with real retrieval observations, and probes both base models' copy
 and reading skills; then TGO (the teacher's correct trajectories on the whole training
 split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of the base student,
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about 80-90 min on 2 CPU cores (estimated: 62 min measured when KD stopped at a
-      # threshold, plus ~30 min for the 13 more KD epochs; docs/synthetic.md)
+      # about 75 min on 2 CPU cores (seed 0, with other work on the machine for 45 min of
+      # it; docs/synthetic.md, "The default with the tokenizer cap")
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
@@ -57,8 +58,8 @@ def get_config(arg: str = ""):
                                            dev_frac=0.1))
   shape = lambda d, l, ff: ml_collections.ConfigDict(dict(d_model=d, n_layers=l, n_heads=4,
                                                          n_kv_heads=2, d_ff=ff))
-  c.teacher = shape(128, 4, 384)  # 0.95M params
-  c.student = shape(48, 2, 144)  # 0.16M params: the teacher is 6.0× larger
+  c.teacher = shape(128, 4, 384)  # 0.89M params with seed 0's 1,550-piece vocabulary
+  c.student = shape(48, 2, 144)  # 0.13M params: the teacher is 6.8× larger
   # Teacher SFT until its greedy dev EM (100 questions) reaches 0.45, checked at step 400 and
   # every 200 after, at most 1,200 steps: its skill appears at a step threshold that inits cross
   # anywhere from 300 to past 600 steps (docs/synthetic.md); the teacher is the environment, so
