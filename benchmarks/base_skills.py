@@ -57,12 +57,9 @@ def drill_items(tok, rng, syllables, taken, n=50) -> dict:
   names, syl = [], []
   for _ in range(n):
     pick = [fresh_name(rng, syllables, taken) for _ in range(int(rng.integers(4, 8)))]
-    segs = [(f"Names: {', '.join(pick)}. Again:", False)]
-    for k, nm in enumerate(pick):
-      segs += [(f" {nm}", True), ("," if k + 1 < len(pick) else ".", False)]
-    names.append(probe._concat(tok, segs))
+    names.append(probe.copy_item(tok, pick))
     s = " ".join(rng.choice(syllables, int(rng.integers(12, 25))))
-    syl.append(probe._concat(tok, [(s + ".", False), (" " + s, True), (".", False)]))
+    syl.append(probe.concat(tok, [(s + ".", False), (" " + s, True), (".", False)]))
   return {"copy_fresh": names, "copy_syllables": syl}
 
 

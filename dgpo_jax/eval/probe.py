@@ -25,7 +25,7 @@ from dgpo_jax.retrieval.retriever import Doc, format_information
 from dgpo_jax.utils.cli import read_jsonl
 
 
-def _concat(tok, segments):
+def concat(tok, segments):
   """Segments (text, scored) → (ids, mask) for the joined text, tokenized whole as the
   model reads it; a token is scored when it lies inside a scored segment (found by
   tokenizing the text up to each segment's ends: pieces never cross a space)."""
@@ -41,6 +41,15 @@ def _concat(tok, segments):
   return ids, mask
 
 
+def copy_item(tok, names) -> tuple:
+  """The copy probe's item: "Names: A, B, C. Again: A, B, C.", scored on the second list's
+  name tokens."""
+  segs = [(f"Names: {', '.join(names)}. Again:", False)]
+  for k, nm in enumerate(names):
+    segs += [(f" {nm}", True), ("," if k + 1 < len(names) else ".", False)]
+  return concat(tok, segs)
+
+
 def items(world_dir: str, tok, n: int = 100, seed: int = 0) -> dict:
   """{"copy": [(ids, mask)], "reading": [(ids, mask)]} built from held-out entities."""
   rng = np.random.default_rng(seed + 101)
@@ -53,10 +62,7 @@ def items(world_dir: str, tok, n: int = 100, seed: int = 0) -> dict:
   for _ in range(n):
     pick = [names[int(j)] for j in rng.choice(len(names), size=int(rng.integers(4, 8)),
                                                 replace=False)]
-    segs = [(f"Names: {', '.join(pick)}. Again:", False)]
-    for k, nm in enumerate(pick):
-      segs += [(f" {nm}", True), ("," if k + 1 < len(pick) else ".", False)]
-    copy.append(_concat(tok, segs))
+    copy.append(copy_item(tok, pick))
   ids = list(corpus)
   reading = []
   singles = [q for q in held if q["family"] == "single_hop"]
@@ -71,7 +77,7 @@ def items(world_dir: str, tok, n: int = 100, seed: int = 0) -> dict:
     docs = [docs[k] for k in rng.permutation(3)]
     block = format_information([Doc(d, f'"{title(d)}"', corpus[d].split("\n", 1)[1], 0.0)
                                 for d in docs])
-    reading.append(_concat(tok, [(block + fact[:cut].rstrip(), False),
+    reading.append(concat(tok, [(block + fact[:cut].rstrip(), False),
                                  (" " + answer, True), (fact[cut + len(answer):], False)]))
   return {"copy": copy, "reading": reading}
 

@@ -25,8 +25,8 @@ from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report, setup
 from dgpo_jax.rollout.engine import RolloutConfig
 from dgpo_jax.utils import cli
-from dgpo_jax.utils.checkpoint import Checkpointer
 from dgpo_jax.train.step import Model
+from dgpo_jax.utils.checkpoint import Checkpointer
 from dgpo_jax.utils.errors import DgpoError, fail
 
 ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size")

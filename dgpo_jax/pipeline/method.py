@@ -185,9 +185,8 @@ def _synthetic_env(config, workdir, tok, retriever) -> Environment:
   d = os.path.join(workdir, "world")
   train_q, dev_q, test_q = (cli.read_jsonl(os.path.join(d, f"{s}.jsonl"))
                             for s in ("train", "dev", "test"))
-  spm = lm_data.spm_prefix(workdir, config.tokenizer) + ".model"
   return Environment(tok, retriever, train_q, dev_q, test_q, os.path.join(d, "corpus.jsonl"),
-                     {"extra_files": {"tokenizer.model": spm}})
+                     {"extra_files": {"tokenizer.model": tok.path}})
 
 
 def _pretrained(config, workdir, with_teacher):

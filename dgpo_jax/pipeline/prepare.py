@@ -251,8 +251,9 @@ def run(config, workdir):
     graphdef, params, shardings = sharding.create_sharded(
         lambda: Decoder(cfg, rngs=nnx.Rngs(ws + (which == "teacher"))), mesh, rules)
     log(f"[prepare] {which}: {cfg.num_params() / 1e6:.2f}M params")
-    lm_batch = lambda s, B=config.prep.batch_size: {"tokens": lm_rows[lm_data.batch_indices(
-        len(lm_rows), B, s, ws)], "mask": np.ones((B, lm_rows.shape[1]), np.int32)}
+    B = config.prep.batch_size
+    lm_batch = lambda s: {"tokens": lm_rows[lm_data.batch_indices(len(lm_rows), B, s, ws)],
+                          "mask": np.ones((B, lm_rows.shape[1]), np.int32)}
     fc = FitConfig(steps=config.prep.lm_steps, lr=config.prep.lm_lr,
                    warmup_steps=config.prep.warmup_steps, log_every=config.train.log_every,
                    ckpt_every=config.train.ckpt_every)
