@@ -51,6 +51,31 @@ def test_token_stats_gradients_match_naive(impl):
   assert float(jnp.abs(gt).max()) == 0.0
 
 
+@pytest.mark.parametrize("impl", ["jnp", "naive"])
+def test_policy_only_stats_equal_a_detached_copy_as_teacher(impl):
+  """The PPO update's path (no teacher): logp_s and ent_s and their gradients are those of the
+  pair computation with the policy's own detached copy as the teacher."""
+  hs, ws, _, _, y = _inputs(4)
+  g = jax.random.normal(jax.random.key(5), (2, N))
+  keys = ("logp_s", "ent_s")
+
+  def loss(pair):
+    def f(h, w):
+      s = (F.token_stats(h, w, jax.lax.stop_gradient(h), jax.lax.stop_gradient(w), y,
+                         block=16, chunk=64) if pair else
+           F.token_stats(h, w, None, None, y, block=16, chunk=64, impl=impl))
+      return sum((g[i] * s[k]).sum() for i, k in enumerate(keys)), s
+    return f
+
+  (l1, s1), g1 = jax.value_and_grad(loss(False), (0, 1), has_aux=True)(hs, ws)
+  (l2, s2), g2 = jax.value_and_grad(loss(True), (0, 1), has_aux=True)(hs, ws)
+  assert set(s1) == set(keys)
+  for k in keys:
+    np.testing.assert_allclose(s1[k], s2[k], atol=1e-5, err_msg=k)
+  for a, b in zip(g1, g2):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", F.DIVERGENCES)
 def test_chunked_divergences_match_naive(kind):
   hs, ws, ht, wt, _ = _inputs(2)

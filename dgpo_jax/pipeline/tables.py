@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -182,7 +183,8 @@ def claims(results: dict, seeds) -> list:
   return out
 
 
-def _cell(v, bold=False):
+def cell_text(v, bold=False):
+  """A mean ± std record (`_ms`) as table text; "-" when missing."""
   if v is None:
     return "-"
   s = f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v["n"] > 1 else "")
@@ -193,8 +195,8 @@ def markdown(tables: dict) -> str:
   head = "| model | " + " | ".join(FAMILIES) + " | EM |\n" + "|---" * (len(FAMILIES) + 2) + "|\n"
 
   def em_rows(names, src):
-    return "".join(f"| {n} | " + " | ".join(_cell(src[n][f]) for f in FAMILIES)
-                   + f" | {_cell(src[n]['em'], True)} |\n" for n in names if n in src)
+    return "".join(f"| {n} | " + " | ".join(cell_text(src[n][f]) for f in FAMILIES)
+                   + f" | {cell_text(src[n]['em'], True)} |\n" for n in names if n in src)
 
   main = [tag(m, a) for m, a in MAIN]
   abl = ["dgpo"] + [tag(m, a) for m, a in ABLATIONS]
@@ -208,7 +210,7 @@ def markdown(tables: dict) -> str:
                      (tables["runs"], main + abl[1:])):
     for n in names:
       if n in src:
-        s += f"| {n} | " + " | ".join(_cell(src[n]["arcap"][k]) for k in ARCAP_KEYS) + " |\n"
+        s += f"| {n} | " + " | ".join(cell_text(src[n]["arcap"][k]) for k in ARCAP_KEYS) + " |\n"
   if tables.get("claims"):
     s += ("\n### The paper's claims (paired EM difference a − b, 95% bootstrap CI over seeds "
           "and questions)\n\n| claim | a | b | a − b | 95% CI | verdict |\n" + "|---" * 6 + "|\n")
@@ -286,11 +288,17 @@ def plot_curves(curves: dict, path: str) -> bool:
   return True
 
 
-def write(workdir, tables, curves):
-  cli.write_json(os.path.join(workdir, "tables.json"), tables)
-  md = markdown(tables)
-  with open(os.path.join(workdir, "tables.md"), "w") as f:
+def write_products(workdir: str, stem: str, obj: dict, md: str, plot: Callable[[], bool]):
+  """`<stem>.json`, `<stem>.md` (with the invocation's wall time, `obj["wall_s"]`) and the
+  plot `plot()` draws, in `workdir`; the markdown also goes to the log."""
+  cli.write_json(os.path.join(workdir, f"{stem}.json"), obj)
+  with open(os.path.join(workdir, f"{stem}.md"), "w") as f:
     f.write(md + f"\nWall time of this invocation (finished runs are read back, not redone): "
-            f"{tables['wall_s'] / 60:.1f} min.\n")
-  plot_curves(curves, os.path.join(workdir, "curves.png"))
+            f"{obj['wall_s'] / 60:.1f} min.\n")
+  plot()
   log(md)
+
+
+def write(workdir, tables, curves):
+  write_products(workdir, "tables", tables, markdown(tables),
+                 lambda: plot_curves(curves, os.path.join(workdir, "curves.png")))

@@ -40,12 +40,12 @@ def _pad_to(x, n, axis):
 def _layout(h_s, w_s, h_t, w_t, y, block, chunk):
   """Pads tokens to whole blocks (the head weights are sliced in place, never copied)."""
   n, v = h_s.shape[0], w_s.shape[1]
-  if w_t.shape[1] != v:
+  if w_t is not None and w_t.shape[1] != v:
     raise ValueError(f"student vocabulary {v} != teacher vocabulary {w_t.shape[1]}")
   block, chunk = min(block, n), min(chunk, v)
   nb, nc = -(-n // block), -(-v // chunk)
   hs = _pad_to(h_s, nb * block, 0).reshape(nb, block, -1)
-  ht = _pad_to(h_t, nb * block, 0).reshape(nb, block, -1)
+  ht = None if h_t is None else _pad_to(h_t, nb * block, 0).reshape(nb, block, -1)
   yb = _pad_to(y, nb * block, 0).reshape(nb, block)
   return hs, ht, yb, (n, v, block, chunk, nb, nc)
 
@@ -66,34 +66,40 @@ def _chunk_logits(h, w, c, chunk, v):
 
 
 def _block_forward(hs, w_s, ht, w_t, y, chunk, v, nc):
-  """Online statistics for one token block: scan over vocabulary chunks."""
+  """Online statistics for one token block: scan over vocabulary chunks. ht None: the
+  student's own statistics only (logp_s, ent_s)."""
   b = hs.shape[0]
-  init = dict(ms=jnp.full((b,), NEG), ls=jnp.zeros(b), as_=jnp.zeros(b), bs=jnp.zeros(b),
-              mt=jnp.full((b,), NEG), lt=jnp.zeros(b), at=jnp.zeros(b), bt=jnp.zeros(b),
-              ys=jnp.zeros(b), yt=jnp.zeros(b))
+  pair = ht is not None
+  sides = (("ms", "ls", "as_", "bs"),) + ((("mt", "lt", "at", "bt"),) if pair else ())
+  init = {k: jnp.full((b,), NEG) if k[0] == "m" else jnp.zeros(b)
+          for k in sum(sides, ("ys",) + (("yt",) if pair else ()))}
 
   def body(acc, c):
     zs, col = _chunk_logits(hs, w_s, c, chunk, v)
-    zt, _ = _chunk_logits(ht, w_t, c, chunk, v)
+    zt = _chunk_logits(ht, w_t, c, chunk, v)[0] if pair else zs
     out = dict(acc)
-    for m, l, a, bb, z, other in (("ms", "ls", "as_", "bs", zs, zt),
-                                  ("mt", "lt", "at", "bt", zt, zs)):
+    for (m, l, a, bb), z, other in zip(sides, (zs, zt), (zt, zs)):
       m_new = jnp.maximum(acc[m], z.max(-1))
       scale = jnp.exp(acc[m] - m_new)
       e = jnp.exp(z - m_new[:, None])
       out[m] = m_new
       out[l] = acc[l] * scale + e.sum(-1)
       out[a] = acc[a] * scale + (e * z).sum(-1)
-      out[bb] = acc[bb] * scale + (e * other).sum(-1)
+      if pair:
+        out[bb] = acc[bb] * scale + (e * other).sum(-1)
     hit = (col[None] == y[:, None]) & (zs > NEG)
     out["ys"] = acc["ys"] + jnp.where(hit, zs, 0.0).sum(-1)
-    out["yt"] = acc["yt"] + jnp.where(hit, zt, 0.0).sum(-1)
+    if pair:
+      out["yt"] = acc["yt"] + jnp.where(hit, zt, 0.0).sum(-1)
     return out, None
 
   acc, _ = jax.lax.scan(body, init, jnp.arange(nc))
   lse_s = acc["ms"] + jnp.log(acc["ls"])
+  es_zs = acc["as_"] / acc["ls"]
+  if not pair:
+    return dict(logp_s=acc["ys"] - lse_s, ent_s=lse_s - es_zs), (lse_s, es_zs)
   lse_t = acc["mt"] + jnp.log(acc["lt"])
-  es_zs, es_zt = acc["as_"] / acc["ls"], acc["bs"] / acc["ls"]
+  es_zt = acc["bs"] / acc["ls"]
   et_zt, et_zs = acc["at"] / acc["lt"], acc["bt"] / acc["lt"]
   stats = dict(logp_s=acc["ys"] - lse_s, logp_t=acc["yt"] - lse_t,
                kl_ts=(et_zt - lse_t) - (et_zs - lse_s), kl_st=(es_zs - lse_s) - (es_zt - lse_t),
@@ -121,11 +127,15 @@ def _fwd(h_s, w_s, h_t, w_t, y, block, chunk):
 
 def _bwd(block, chunk, saved, g):
   h_s, w_s, h_t, w_t, y, res = saved
+  pair = h_t is not None
   n, d = h_s.shape
   hs, ht, yb, (n, v, block, chunk, nb, nc) = _layout(h_s, w_s, h_t, w_t, y, block, chunk)
   blk = lambda x: _pad_to(x.astype(jnp.float32), nb * block, 0).reshape(nb, block)
-  lse_s, lse_t, es_zs, es_zt = (blk(r) for r in res)
-  g_lp, g_kts, g_kst, g_ent = (blk(g[k]) for k in ("logp_s", "kl_ts", "kl_st", "ent_s"))
+  zero = jnp.zeros((nb, block), jnp.float32)
+  lse_s, lse_t, es_zs, es_zt = (blk(r) for r in res) if pair else (blk(res[0]), zero,
+                                                                   blk(res[1]), zero)
+  g_lp, g_kts, g_kst, g_ent = (blk(g[k]) if k in g else zero
+                               for k in ("logp_s", "kl_ts", "kl_st", "ent_s"))
 
   def block_body(dw, xs):
     h, ht_, yy, ls, lt, ezs, ezt, a, b_, c_, e_ = xs
@@ -133,12 +143,14 @@ def _bwd(block, chunk, saved, g):
     def chunk_body(carry, c):
       dh, dw = carry
       zs, col = _chunk_logits(h, w_s, c, chunk, v)
-      zt, _ = _chunk_logits(ht_, w_t, c, chunk, v)
-      ps, pt = jnp.exp(zs - ls[:, None]), jnp.exp(zt - lt[:, None])
+      ps = jnp.exp(zs - ls[:, None])
       onehot = (col[None] == yy[:, None]).astype(jnp.float32)
       cs_ = zs - ezs[:, None]
-      dz = (a[:, None] * (onehot - ps) + b_[:, None] * (ps - pt)
-            + c_[:, None] * ps * (cs_ - (zt - ezt[:, None])) - e_[:, None] * ps * cs_)
+      dz = a[:, None] * (onehot - ps) - e_[:, None] * ps * cs_
+      if pair:  # the KL terms' gradients (the teacher side is frozen)
+        zt, _ = _chunk_logits(ht_, w_t, c, chunk, v)
+        pt = jnp.exp(zt - lt[:, None])
+        dz = dz + b_[:, None] * (ps - pt) + c_[:, None] * ps * (cs_ - (zt - ezt[:, None]))
       dz = jnp.where(zs > NEG, dz, 0.0)  # columns of the previous chunk (overlap) or padding
       start = _chunk_start(c, chunk, v)
       wc = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1).astype(jnp.float32)
@@ -154,7 +166,8 @@ def _bwd(block, chunk, saved, g):
   dw, dh = jax.lax.scan(block_body, jnp.zeros((d, v), jnp.float32),
                         (hs, ht, yb, lse_s, lse_t, es_zs, es_zt, g_lp, g_kts, g_kst, g_ent))
   dh = dh.reshape(nb * block, d)[:n].astype(h_s.dtype)
-  return dh, dw.astype(w_s.dtype), jnp.zeros_like(h_t), jnp.zeros_like(w_t), None
+  frozen = lambda x: None if x is None else jnp.zeros_like(x)
+  return dh, dw.astype(w_s.dtype), frozen(h_t), frozen(w_t), None
 
 
 _token_stats.defvjp(_fwd, _bwd)
@@ -166,7 +179,9 @@ def token_stats(h_s, w_s, h_t, w_t, y, *, block: int = 1024, chunk: int = 8192,
 
   Args:
     h_s: student final hidden states [N, Ds]; w_s: student head [Ds, V].
-    h_t: teacher final hidden states [N, Dt]; w_t: teacher head [Dt, V] (frozen).
+    h_t: teacher final hidden states [N, Dt]; w_t: teacher head [Dt, V] (frozen). Both None:
+      the student's own logp_s and ent_s only, at half the head matmuls of a detached copy
+      as the teacher (what the PPO update needs).
     y: target token ids int [N].
     block, chunk: tokens and vocabulary columns per step (memory ∝ block × chunk).
     impl: "jnp" (chunked scan, any backend), "pallas" (the accelerator kernel for the
@@ -174,8 +189,11 @@ def token_stats(h_s, w_s, h_t, w_t, y, *, block: int = 1024, chunk: int = 8192,
       "naive" (materializes [N, V]; reference only).
 
   Returns:
-    dict of float32 [N] arrays: logp_s, logp_t, kl_ts, kl_st, ent_s.
+    dict of float32 [N] arrays: logp_s, logp_t, kl_ts, kl_st, ent_s (logp_s, ent_s when h_t
+    is None).
   """
+  if h_t is None:
+    return _policy_stats(h_s, w_s, y, block, chunk, impl)
   w_t = match_vocab(w_s, w_t)
   if impl == "naive":
     return naive_stats(h_s, w_s, jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t), y)
@@ -187,6 +205,18 @@ def token_stats(h_s, w_s, h_t, w_t, y, *, block: int = 1024, chunk: int = 8192,
     raise ValueError(f"token_stats: impl={impl!r} (expected jnp, pallas, pallas_interpret, naive)")
   y = y.astype(jnp.int32)
   return _token_stats(h_s, w_s, h_t, w_t, y, block, chunk)
+
+
+def _policy_stats(h_s, w_s, y, block, chunk, impl):
+  if impl == "naive":
+    ls = jax.nn.log_softmax(jnp.einsum("nd,dv->nv", h_s, w_s,
+                                       preferred_element_type=jnp.float32), -1)
+    return dict(logp_s=jnp.take_along_axis(ls, y[:, None].astype(jnp.int32), -1)[:, 0],
+                ent_s=-(jnp.exp(ls) * ls).sum(-1))
+  if impl not in ("jnp", "pallas", "pallas_interpret"):
+    raise ValueError(f"token_stats: impl={impl!r} (expected jnp, pallas, pallas_interpret, naive)")
+  # The Pallas kernel computes pairs; one model's statistics take the chunked jnp scan.
+  return _token_stats(h_s, w_s, None, None, y.astype(jnp.int32), block, chunk)
 
 
 def match_vocab(w_s, w_t):

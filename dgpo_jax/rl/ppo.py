@@ -84,14 +84,17 @@ def values_of(critic_graphdef, critic_params, inputs_bt, valid_bt):
 
 def _stats(actor_gd, actor_p, other_gd, other_p, inputs, targets, valid, cfg):
   hs, ws = hidden_and_head(actor_gd, actor_p, inputs, valid)
-  if other_gd is None:  # the policy alone: the "other" side is a detached copy
-    ht, wt = jax.lax.stop_gradient(hs), jax.lax.stop_gradient(ws)
-  else:
-    ht, wt = hidden_and_head(other_gd, jax.lax.stop_gradient(other_p), inputs, valid)
   b, t = inputs.shape
-  st = fused_kl.token_stats(hs.reshape(b * t, -1), ws, ht.reshape(b * t, -1), wt,
-                            targets.reshape(-1), impl=cfg.impl, chunk=cfg.chunk, block=cfg.block)
-  return {k: v.reshape(b, t) for k, v in st.items()}
+  ht, wt = None, None  # no other model: the policy's own statistics, its KL to itself is 0
+  if other_gd is not None:
+    ht, wt = hidden_and_head(other_gd, jax.lax.stop_gradient(other_p), inputs, valid)
+    ht = ht.reshape(b * t, -1)
+  st = fused_kl.token_stats(hs.reshape(b * t, -1), ws, ht, wt, targets.reshape(-1),
+                            impl=cfg.impl, chunk=cfg.chunk, block=cfg.block)
+  st = {k: v.reshape(b, t) for k, v in st.items()}
+  if other_gd is None:
+    st.update(logp_t=jax.lax.stop_gradient(st["logp_s"]), kl_st=jnp.zeros_like(st["logp_s"]))
+  return st
 
 
 def make_experience(actor_gd, critic_gd, other_gd, cfg: PPOConfig, num_groups: int = 1,

@@ -68,7 +68,7 @@ def run_loop(name: str, workdir: str, ckpt: Checkpointer, state, start: int, fc:
 
   `bad` is "" or why the step was skipped (its state unchanged); `fc.max_bad_steps` in a row
   stop the run with the last good checkpoint intact, and a skipped step is never saved.
-  Metrics rows (with `tokens_per_s` from the metrics' `tokens_in`) go to
+  Metrics rows (with `tokens_per_s` and `tokens_seen` from the metrics' `tokens_in`) go to
   `metrics_<name>.jsonl` every `fc.log_every` steps (every step with `metrics_every_step`),
   checkpoints every `fc.ckpt_every` and at the end. On a preemption request the step in
   progress finishes, is saved, and the process exits. Returns (state, last metrics row).
@@ -87,7 +87,8 @@ def run_loop(name: str, workdir: str, ckpt: Checkpointer, state, start: int, fc:
     end = step + 1 == fc.steps or bad >= fc.max_bad_steps or stop
     if fc.metrics_every_step or (step + 1) % fc.log_every == 0 or end:
       now = time.time()
-      last = dict(m, tokens_per_s=tokens / max(now - t_last, 1e-9))
+      # tokens_seen: the tokens of the steps since the last row (their sum is the stage's)
+      last = dict(m, tokens_per_s=tokens / max(now - t_last, 1e-9), tokens_seen=tokens)
       t_last, tokens = now, 0.0
       metrics.write(step + 1, **last)
       prog.update(0, extra=summary(last), force=(step + 1) % fc.log_every == 0 or end)

@@ -1,0 +1,67 @@
+"""The scaling command: grid shapes are checked, and the smoke grid runs end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import synthetic
+from dgpo_jax.pipeline import scaling
+from dgpo_jax.utils.errors import DgpoError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_shapes_parse_and_bad_ones_name_the_field():
+  assert scaling.parse_shape("48x2x144", "students") == dict(d_model=48, n_layers=2, n_heads=4,
+                                                             n_kv_heads=2, d_ff=144)
+  with pytest.raises(DgpoError, match=r"config.scaling.students: '48x2'"):
+    scaling.parse_shape("48x2", "students")
+  with pytest.raises(DgpoError, match="4 heads"):
+    scaling.parse_shape("30x1x64", "teachers")
+  c = synthetic.get_config("scaling")
+  assert len(c.scaling.students) >= 4 and len(c.scaling.teachers) >= 2
+  assert len(c.scaling.seeds) >= 2 and {"dgpo", "kd", "ppo"} <= set(c.scaling.methods)
+
+
+@pytest.mark.slow
+@pytest.mark.smoke_any_worker
+def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):
+  """The smoke grid (one teacher, two students, dgpo and kd) end to end. The shared smoke
+  run's world and teacher (the same config's) stand for an earlier cell's: the first cell
+  starts from them, and the second must get them from the first."""
+  grid = synthetic.get_config("scaling_smoke").scaling
+  wd = str(tmp_path / "sc")
+  first = os.path.join(scaling.cell_dir(wd, grid.teachers[0], grid.students[0]), "shared")
+  scaling._copy(str(smoke_run), first, scaling.WORLD + scaling.TEACHER)
+  cmd = [sys.executable, "-m", "dgpo_jax.scaling",
+         "--config=configs/synthetic.py:scaling_smoke", f"--workdir={wd}"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.load(open(os.path.join(wd, "scaling.json")))
+  assert len(out["cells"]) == len(grid.teachers) * len(grid.students)
+  for c in out["cells"]:
+    assert c["teacher_params"] > c["student_params"] > 0
+    for m in grid.methods:
+      assert 0.0 <= c["methods"][m]["em"]["mean"] <= 1.0
+      assert c["methods"][m]["train_flops"] > 0
+    assert "dgpo-kd" in c["margins"]
+  # dgpo trains more than kd (KD, then RL), so its FLOPs are larger
+  assert all(c["methods"]["dgpo"]["train_flops"] > c["methods"]["kd"]["train_flops"]
+             for c in out["cells"])
+  # the teacher was copied into the second cell, not trained; each student was pretrained
+  shared = [os.path.join(scaling.cell_dir(wd, grid.teachers[0], s), "shared")
+            for s in grid.students]
+  for d in shared:
+    assert os.path.isdir(os.path.join(d, "checkpoints", "teacher_sft"))
+    assert not os.path.isfile(os.path.join(d, "metrics_teacher_sft.jsonl"))
+    assert os.path.isfile(os.path.join(d, "metrics_student_lm.jsonl"))
+  for f in ("scaling.md", "scaling.png"):
+    assert os.path.isfile(os.path.join(wd, f)), f
+  # resumable: a second invocation reads every run back
+  r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert json.load(open(os.path.join(wd, "scaling.json")))["cells"] == out["cells"]
