@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import synthetic
-from dgpo_jax.pipeline import scaling
+from dgpo_jax.pipeline import prepare, scaling
 from dgpo_jax.utils.errors import DgpoError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):
   grid = synthetic.get_config("scaling_smoke").scaling
   wd = str(tmp_path / "sc")
   first = os.path.join(scaling.cell_dir(wd, grid.teachers[0], grid.students[0]), "shared")
-  scaling._copy(str(smoke_run), first, scaling.WORLD + scaling.TEACHER)
+  prepare.copy_prepared(str(smoke_run), first, scaling.WORLD + scaling.TEACHER)
   cmd = [sys.executable, "-m", "dgpo_jax.scaling",
          "--config=configs/synthetic.py:scaling_smoke", f"--workdir={wd}"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")

@@ -296,11 +296,11 @@ PREPARED = ("world", "tokenizer", "models/student", "models/teacher", "checkpoin
             "prepare_result.json", "tgo")
 
 
-def copy_prepared(src: str, dst: str):
+def copy_prepared(src: str, dst: str, rels=PREPARED):
   """Copies what `prepare` and TGO left in `src` (world, tokenizer, pretrained and SFT'd
-  models, the teacher's trajectories) into `dst`, so runs there start at KD/RL with the same
-  inputs. Existing entries of `dst` are kept."""
-  for rel in PREPARED:
+  models, the teacher's trajectories; or only the entries `rels`) into `dst`, so runs there
+  start at KD/RL with the same inputs. Existing entries of `dst` are kept."""
+  for rel in rels:
     s, d = os.path.join(src, rel), os.path.join(dst, rel)
     if os.path.exists(d):
       continue

@@ -20,7 +20,6 @@ forward passes are not counted.
 import copy
 import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -50,15 +49,6 @@ def parse_shape(spec: str, field: str) -> dict:
   return dict(d_model=d, n_layers=l, n_heads=4, n_kv_heads=2, d_ff=ff)
 
 
-def _copy(src: str, dst: str, rels):
-  for rel in rels:
-    s, d = os.path.join(src, rel), os.path.join(dst, rel)
-    if os.path.exists(d) or not os.path.exists(s):
-      continue
-    os.makedirs(os.path.dirname(d), exist_ok=True)
-    (shutil.copytree if os.path.isdir(s) else shutil.copy)(s, d)
-
-
 def cell_dir(workdir, teacher: str, student: str) -> str:
   return os.path.join(workdir, f"t{teacher}_s{student}")
 
@@ -68,8 +58,8 @@ def _seed_cell(workdir, teacher, student, done):
   dst = os.path.join(cell_dir(workdir, teacher, student), "shared")
   for t, s in done:
     src = os.path.join(cell_dir(workdir, t, s), "shared")
-    _copy(src, dst, WORLD + (TEACHER if t == teacher else ()) + (STUDENT if s == student
-                                                                  else ()))
+    prepare.copy_prepared(src, dst, WORLD + (TEACHER if t == teacher else ())
+                          + (STUDENT if s == student else ()))
 
 
 def _cell_config(config, teacher, student):
@@ -172,12 +162,8 @@ def markdown(out: dict) -> str:
 
 def plot(out: dict, path: str) -> bool:
   """EM vs student params, EM vs training FLOPs, margins vs student params."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    log("[scaling] matplotlib is not installed: no scaling.png (pip install matplotlib)")
+  plt = tables_lib.pyplot("scaling.png")
+  if plt is None:
     return False
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
   for t in out["grid"]["teachers"]:

@@ -261,16 +261,25 @@ def rl_first_last(curves: dict) -> dict:
   return out
 
 
-def plot_curves(curves: dict, path: str) -> bool:
-  """EM, reward, KL and entropy vs RL step (mean over seeds), one line per RL run.
-
-  curves: {run: [rows of one seed's metrics_rl-*.jsonl, ...]}."""
+def pyplot(product: str):
+  """matplotlib.pyplot on the Agg backend, or None (logged: `product` is not drawn) when
+  matplotlib is not installed."""
   try:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
-    log("[tables] matplotlib is not installed: no curves.png (pip install matplotlib)")
+    log(f"matplotlib is not installed: no {product} (pip install matplotlib)")
+    return None
+  return plt
+
+
+def plot_curves(curves: dict, path: str) -> bool:
+  """EM, reward, KL and entropy vs RL step (mean over seeds), one line per RL run.
+
+  curves: {run: [rows of one seed's metrics_rl-*.jsonl, ...]}."""
+  plt = pyplot("curves.png")
+  if plt is None:
     return False
   fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
   for name, series in curves.items():

@@ -71,8 +71,9 @@ def _block_forward(hs, w_s, ht, w_t, y, chunk, v, nc):
   b = hs.shape[0]
   pair = ht is not None
   sides = (("ms", "ls", "as_", "bs"),) + ((("mt", "lt", "at", "bt"),) if pair else ())
-  init = {k: jnp.full((b,), NEG) if k[0] == "m" else jnp.zeros(b)
-          for k in sum(sides, ("ys",) + (("yt",) if pair else ()))}
+  # alone, the student carries no cross term (bs) and no teacher accumulators
+  keys = sum(sides, ("ys", "yt")) if pair else ("ms", "ls", "as_", "ys")
+  init = {k: jnp.full((b,), NEG) if k[0] == "m" else jnp.zeros(b) for k in keys}
 
   def body(acc, c):
     zs, col = _chunk_logits(hs, w_s, c, chunk, v)
@@ -192,31 +193,22 @@ def token_stats(h_s, w_s, h_t, w_t, y, *, block: int = 1024, chunk: int = 8192,
     dict of float32 [N] arrays: logp_s, logp_t, kl_ts, kl_st, ent_s (logp_s, ent_s when h_t
     is None).
   """
-  if h_t is None:
-    return _policy_stats(h_s, w_s, y, block, chunk, impl)
+  if impl not in ("jnp", "pallas", "pallas_interpret", "naive"):
+    raise ValueError(f"token_stats: impl={impl!r} (expected jnp, pallas, pallas_interpret, naive)")
+  sg = jax.lax.stop_gradient
+  if h_t is None and impl == "naive":  # the reference: the policy against its detached copy
+    st = naive_stats(h_s, w_s, sg(h_s), sg(w_s), y)
+    return {k: st[k] for k in ("logp_s", "ent_s")}
+  if h_t is None:  # the Pallas kernel computes pairs; one model's statistics take the jnp scan
+    return _token_stats(h_s, w_s, None, None, y.astype(jnp.int32), block, chunk)
   w_t = match_vocab(w_s, w_t)
   if impl == "naive":
-    return naive_stats(h_s, w_s, jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t), y)
+    return naive_stats(h_s, w_s, sg(h_t), sg(w_t), y)
   if impl in ("pallas", "pallas_interpret"):
     from dgpo_jax.rl import fused_kl_pallas
     return fused_kl_pallas.token_stats(h_s, w_s, h_t, w_t, y, block=block, chunk=chunk,
                                        interpret=impl == "pallas_interpret")
-  if impl != "jnp":
-    raise ValueError(f"token_stats: impl={impl!r} (expected jnp, pallas, pallas_interpret, naive)")
-  y = y.astype(jnp.int32)
-  return _token_stats(h_s, w_s, h_t, w_t, y, block, chunk)
-
-
-def _policy_stats(h_s, w_s, y, block, chunk, impl):
-  if impl == "naive":
-    ls = jax.nn.log_softmax(jnp.einsum("nd,dv->nv", h_s, w_s,
-                                       preferred_element_type=jnp.float32), -1)
-    return dict(logp_s=jnp.take_along_axis(ls, y[:, None].astype(jnp.int32), -1)[:, 0],
-                ent_s=-(jnp.exp(ls) * ls).sum(-1))
-  if impl not in ("jnp", "pallas", "pallas_interpret"):
-    raise ValueError(f"token_stats: impl={impl!r} (expected jnp, pallas, pallas_interpret, naive)")
-  # The Pallas kernel computes pairs; one model's statistics take the chunked jnp scan.
-  return _token_stats(h_s, w_s, None, None, y.astype(jnp.int32), block, chunk)
+  return _token_stats(h_s, w_s, h_t, w_t, y.astype(jnp.int32), block, chunk)
 
 
 def match_vocab(w_s, w_t):
