@@ -22,6 +22,8 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
       # teacher's SFT was 300 steps (docs/results.md); not re-timed since
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
       # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets (docs/scaling.md)
+  python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_gpu --workdir=/tmp/dgpo_scg
+      # a larger grid for a GPU: students to 1.8M params, teachers to 20M, 3 seeds (not run)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_smoke --workdir=/tmp/dgpo_sc
       # the same code on two smoke-sized students of one teacher (docs/scaling.md)
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
@@ -127,7 +129,7 @@ def get_config(arg: str = ""):
     c.eval.update(num_questions=60, val_questions=20, rl_val_questions=20)
     c.kd.update(epochs=1)
     c.ppo.update(steps=6, questions_per_step=8, mini_batch=8, val_every=0)
-  elif arg in ("scaling", "scaling_smoke"):  # `python -m dgpo_jax.scaling`
+  elif arg in ("scaling", "scaling_gpu", "scaling_smoke"):  # `python -m dgpo_jax.scaling`
     # The grid: 4 students (0.07M-0.45M with seed 0's vocabulary) × 2 teachers (0.45M, the
     # largest student's shape, and the default's 0.89M) × the methods the scaling questions
     # compare, 2 training seeds; budgets of the default.
@@ -135,6 +137,10 @@ def get_config(arg: str = ""):
         teachers=("96x3x288", "128x4x384"),
         students=("32x1x96", "48x2x144", "64x2x192", "96x3x288"),
         methods=("dgpo", "kd", "ppo", "sft_ppo"), seeds=(0, 1)))
+    if arg == "scaling_gpu":  # students 0.07M-1.8M, teachers 4.2M and 20M, 3 seeds
+      c.scaling.update(teachers=("256x6x768", "512x8x1536"),
+                       students=("32x1x96", "64x2x192", "128x4x384", "192x4x576"),
+                       seeds=(0, 1, 2))
     if arg == "scaling_smoke":  # the same code on the smoke world: 1 teacher × 2 students,
       # dgpo and kd (which share the KD stage), 1 seed
       c = get_config("smoke")
@@ -152,5 +158,5 @@ def get_config(arg: str = ""):
     c.train.log_every = 10
   elif arg:
     raise ValueError(f"configs/synthetic.py: unknown variant {arg!r} (known: smoke, tables, "
-                     f"scaling, scaling_smoke, lm)")
+                     f"scaling, scaling_gpu, scaling_smoke, lm)")
   return c

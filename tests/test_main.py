@@ -30,10 +30,14 @@ def test_smoke_run_and_resume(tmp_path):
   full = [json.loads(l) for l in open(tmp_path / "a" / "metrics_lm.jsonl")]
   assert full[-1]["step"] == 12 and full[-1]["loss"] < full[0]["loss"]
   assert (tmp_path / "a" / "samples.txt").is_file()
-  # Interrupted run: stop after step 6 (checkpoint), delete nothing, rerun to the end.
-  b = _main(tmp_path / "b", *LM_SMOKE, "--config.train.ckpt_every=6")
-  assert b.returncode == 0
+  # The same run as if interrupted after the checkpoint of step 6: a copy of it without what
+  # came later (checkpoint 12, its metrics rows, the samples), rerun to the end.
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
   shutil.rmtree(tmp_path / "b" / "checkpoints" / "lm" / "12")
+  for f in ("lm_result.json", "samples.txt"):
+    os.remove(tmp_path / "b" / f)
+  (tmp_path / "b" / "metrics_lm.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in full if r["step"] <= 6))
   c = _main(tmp_path / "b", *LM_SMOKE, "--config.train.ckpt_every=6")
   assert c.returncode == 0, c.stderr[-3000:]
   assert "resumed from step 6" in c.stdout

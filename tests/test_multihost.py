@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT, copy_prepared, needs_shared
+from dgpo_jax.pipeline import prepare
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
         "--config.train.batch_size=8", "--config.train.warmup_steps=2",
@@ -126,13 +127,21 @@ def test_two_processes_roll_out_their_own_share(tmp_path):
 @pytest.mark.slow
 @pytest.mark.smoke_any_worker
 def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
-  """The smoke DGPO run (KD, on-policy RL with rollouts, evaluations) on 2 processes × 1
-  device, from the shared smoke run's preparation and TGO: KD losses and the greedy test
-  evaluations of the untrained student, the teacher and the KD student equal the 1-process ×
-  2-device run's. (RL samples with one stream per host, so its numbers differ. Preemption
-  across processes is in test_two_processes_match_one.)"""
+  """The smoke DGPO run's RL stage (on-policy rollouts, the PPO update) and its greedy test
+  evaluations on 2 processes × 1 device, from the shared smoke run's preparation, TGO, KD
+  checkpoint and teacher evaluation: the evaluations of the untrained and the KD student
+  equal the 1-process × 2-device run's. (KD feeds the devices through the same host loop as
+  the LM stage, whose 2-process numbers test_two_processes_match_one checks, and the teacher
+  is evaluated by the same code as the students; RL samples with one stream per host, so its
+  numbers differ. Preemption across processes is in test_two_processes_match_one.)"""
   wd = tmp_path / "mp"
+  kd = [f for f in os.listdir(smoke_run / "checkpoints") if f.startswith("kd-")]
+  assert len(kd) == 1
   copy_prepared(smoke_run, wd)
+  done = (f"checkpoints/{kd[0]}", f"metrics_{kd[0]}.jsonl", f"eval/{kd[0]}_val.json",
+          "eval/test_teacher.json")
+  prepare.copy_prepared(str(smoke_run), str(wd), done)
+  kd_rows = open(wd / f"metrics_{kd[0]}.jsonl").read()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   port = _port()
   cmd = [sys.executable, "-m", "dgpo_jax.main", "--config=configs/synthetic.py:smoke",
@@ -143,14 +152,10 @@ def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True) for i in range(2)]):
     assert rc == 0, se[-3000:]
-  kd = [f for f in os.listdir(smoke_run) if f.startswith("metrics_kd")]
-  assert kd
-  rows = lambda d: [json.loads(l) for l in open(d / kd[0])]
-  mp = {r["step"]: r for r in rows(wd)}
-  for b in rows(smoke_run):
-    assert abs(mp[b["step"]]["loss"] - b["loss"]) < 1e-5 * max(1, abs(b["loss"])), b["step"]
-  same = [f for f in os.listdir(smoke_run / "eval") if f.startswith("test_") and "final" not in f]
-  assert len(same) == 3
+  assert open(wd / f"metrics_{kd[0]}.jsonl").read() == kd_rows  # KD was not redone
+  same = [f for f in os.listdir(smoke_run / "eval")
+          if f.startswith("test_student") and "final" not in f]
+  assert len(same) == 2
   def evaluation(path):  # ARCap's Thinking is not run here
     r = json.load(open(path))
     r["arcap"] = {k: v for k, v in r["arcap"].items() if not k.startswith("thinking")}
