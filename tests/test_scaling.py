@@ -26,6 +26,17 @@ def test_shapes_parse_and_bad_ones_name_the_field():
   assert len(c.scaling.seeds) >= 2 and {"dgpo", "kd", "ppo"} <= set(c.scaling.methods)
 
 
+def test_train_tokens_count_kd_once_and_rl_per_epoch_and_refuse_to_undercount(tmp_path):
+  res = {"stages": {"kd": "kd-x", "rl": "rl-dgpo"}}
+  write = lambda name, rows: (tmp_path / f"metrics_{name}.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  write("kd-x", [{"step": 1, "tokens_seen": 100.0}, {"step": 2, "tokens_seen": 50.0}])
+  write("rl-dgpo", [{"step": 1, "tokens_seen": 10.0}])
+  assert scaling.train_tokens(str(tmp_path), res, ppo_epochs=2) == 170.0
+  write("rl-dgpo", [{"step": 1, "tokens_seen": 10.0}, {"step": 2}])  # an older run's row
+  assert scaling.train_tokens(str(tmp_path), res, ppo_epochs=2) is None
+
+
 @pytest.mark.slow
 @pytest.mark.smoke_any_worker
 def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):

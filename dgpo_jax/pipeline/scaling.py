@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -102,14 +103,18 @@ def _params(config, shared: str) -> dict:
   return {w: prepare.model_cfg(config, w, tok).num_params() for w in ("student", "teacher")}
 
 
-def train_tokens(seed_dir: str, results: dict, ppo_epochs: int) -> float:
-  """Tokens of the student's training batches in one run (see the module docstring)."""
+def train_tokens(seed_dir: str, results: dict, ppo_epochs: int) -> Optional[float]:
+  """Tokens of the student's training batches in one run (see the module docstring); None
+  when a stage's metrics do not record them (rows written before `tokens_seen` existed),
+  rather than an undercount."""
   total = 0.0
   for kind, name in results.get("stages", {}).items():
     f = os.path.join(seed_dir, f"metrics_{name}.jsonl")
     if kind in ("kd", "rl") and os.path.isfile(f):
-      seen = sum(r.get("tokens_seen", 0.0) for r in cli.read_jsonl(f))
-      total += seen * (ppo_epochs if kind == "rl" else 1)
+      rows = cli.read_jsonl(f)
+      if any("tokens_seen" not in r for r in rows):
+        return None
+      total += sum(r["tokens_seen"] for r in rows) * (ppo_epochs if kind == "rl" else 1)
   return total
 
 
@@ -126,10 +131,10 @@ def summarize_cell(config, cell: str, teacher, student, tab: dict, runs) -> dict
       if os.path.isfile(f):
         with open(f) as fh:
           res = json.load(fh)
-        flops.append(6 * n["student"] * train_tokens(os.path.join(cell, f"seed{s}"), res,
-                                                     config.ppo.epochs))
+        flops.append(train_tokens(os.path.join(cell, f"seed{s}"), res, config.ppo.epochs))
+    known = flops and None not in flops
     methods[name] = {"em": tab["runs"][name]["em"],
-                     "train_flops": float(np.mean(flops)) if flops else None}
+                     "train_flops": 6 * n["student"] * float(np.mean(flops)) if known else None}
   ref = tab.get("reference", {})
   margins = {f"{a}-{b}": c for a, b in MARGINS for c in tab.get("claims", [])
              if (c["a"], c["b"]) == (a, b)}
