@@ -9,18 +9,18 @@ what the update computed before: `fused_kl.token_stats` with the policy's stop-g
 as the teacher, which recomputes the same logits a second time in the forward and in the
 backward pass; "policy" is `token_stats` with no teacher. Both are the chunked jnp scan
 with a custom VJP; time is the median of `--repeats` runs of the compiled value and
-gradient, measured side by side in one run, with the matmul roofline of each (head matmuls
-of 2·N·d·V FLOPs: 2 forward + 4 backward for the pair, 1 + 3 for the policy).
+gradient after a warm-up (`benchmarks.fused_kl.measure`, which also reports the program's
+peak memory), measured side by side in one run, with the matmul roofline of each (head
+matmuls of 2·N·d·V FLOPs: 2 forward + 4 backward for the pair, 1 + 3 for the policy).
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks.common import emit
+from benchmarks.fused_kl import measure
 from benchmarks.ppo_update import matmul_peak
 from dgpo_jax.rl import fused_kl
 
@@ -32,17 +32,6 @@ def head_loss(pair: bool, chunk: int, block: int):
                               chunk=chunk, block=block)
     return (g[0] * st["logp_s"]).sum() + (g[1] * st["ent_s"]).sum()
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-
-
-def timed(fn, args, repeats):
-  compiled = fn.lower(*args).compile()
-  out = jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)), out
 
 
 def main():
@@ -64,9 +53,9 @@ def main():
   head = 2 * a.tokens * a.d_model * a.vocab
   res = {}
   for name, pair, matmuls in (("pair", True, 6), ("policy", False, 4)):
-    t, out = timed(head_loss(pair, a.chunk, a.block), args, a.repeats)
-    res[name] = {"time_s": t, "head_matmuls": matmuls, "roofline_s": matmuls * head / peak,
-                 "share_of_roofline": matmuls * head / peak / t, "out": out}
+    m, out = measure(head_loss(pair, a.chunk, a.block), args, a.repeats)
+    res[name] = dict(m, head_matmuls=matmuls, roofline_s=matmuls * head / peak,
+                     share_of_roofline=matmuls * head / peak / m["time_s"], out=out)
   (lp, gp), (lq, gq) = res["pair"].pop("out"), res["policy"].pop("out")
   emit({"benchmark": "policy_stats", "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(), "shape": vars(a), "matmul_peak_gflops": peak / 1e9,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, copy_prepared, needs_shared
+from conftest import ROOT, needs_shared
 from dgpo_jax.pipeline import prepare
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
@@ -137,10 +137,9 @@ def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
   wd = tmp_path / "mp"
   kd = [f for f in os.listdir(smoke_run / "checkpoints") if f.startswith("kd-")]
   assert len(kd) == 1
-  copy_prepared(smoke_run, wd)
-  done = (f"checkpoints/{kd[0]}", f"metrics_{kd[0]}.jsonl", f"eval/{kd[0]}_val.json",
-          "eval/test_teacher.json")
-  prepare.copy_prepared(str(smoke_run), str(wd), done)
+  prepare.copy_prepared(str(smoke_run), str(wd), prepare.PREPARED + (
+      f"checkpoints/{kd[0]}", f"metrics_{kd[0]}.jsonl", f"eval/{kd[0]}_val.json",
+      "eval/test_teacher.json"))
   kd_rows = open(wd / f"metrics_{kd[0]}.jsonl").read()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   port = _port()

@@ -7,11 +7,10 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from configs import synthetic
 from dgpo_jax.pipeline import prepare, scaling
 from dgpo_jax.utils.errors import DgpoError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_shapes_parse_and_bad_ones_name_the_field():
