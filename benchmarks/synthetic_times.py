@@ -61,6 +61,10 @@ def main():
   unknown = set(want) - set(BUDGET_S)
   if unknown:
     sys.exit(f"error: --only: unknown runs {sorted(unknown)} (known: {', '.join(BUDGET_S)})")
+  if os.path.isdir(a.workdir) and os.listdir(a.workdir):
+    # a finished run there would be read back, and its time quoted as a run's from scratch
+    sys.exit(f"error: --workdir: {a.workdir} is not empty; these times are of runs from "
+             f"empty workdirs and caches")
   log = lambda m: print(m, file=sys.stderr, flush=True)
   sets = [f"--config.{s}" for s in a.set]
   out = {"benchmark": "synthetic_times", "cpus": os.cpu_count(), "overrides": a.set,

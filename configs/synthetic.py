@@ -62,8 +62,11 @@ def get_config(arg: str = ""):
   c.world = ml_collections.ConfigDict(dict(seed=-1, n_countries=10, n_cities=40, n_orgs=60,
                                            n_people=500, n_works=150, train_frac=0.72,
                                            dev_frac=0.1))
-  shape = lambda d, l, ff: ml_collections.ConfigDict(dict(d_model=d, n_layers=l, n_heads=4,
-                                                         n_kv_heads=2, d_ff=ff))
+  # attn_chunk: the query block of causal attention in training and scoring forwards
+  # (models/config.py); 128 makes CPU steps of these widths faster, 0 (one block) compiles
+  # fewer, smaller programs (docs/benchmarks.md, "Decoder choices").
+  shape = lambda d, l, ff, chunk=128: ml_collections.ConfigDict(dict(
+      d_model=d, n_layers=l, n_heads=4, n_kv_heads=2, d_ff=ff, attn_chunk=chunk))
   c.teacher = shape(128, 4, 384)  # 0.89M params with seed 0's 1,550-piece vocabulary
   c.student = shape(48, 2, 144)  # 0.13M params: the teacher is 6.8× larger
   # Teacher SFT until its greedy dev EM (100 questions) reaches 0.45, checked at step 400 and
@@ -113,8 +116,10 @@ def get_config(arg: str = ""):
   if arg == "smoke":
     c.world.update(n_countries=8, n_cities=30, n_orgs=30, n_people=150, n_works=60)
     c.tokenizer.vocab_size = 512
-    c.teacher = shape(64, 2, 128)
-    c.student = shape(32, 1, 64)
+    # one attention block: a smoke run is mostly compilation, and its few steps run faster
+    # with the smaller programs (docs/benchmarks.md, "Decoder choices")
+    c.teacher = shape(64, 2, 128, chunk=0)
+    c.student = shape(32, 1, 64, chunk=0)
     c.prep.update(lm_steps=6, sft_steps=6, batch_size=4, sft_examples=64, warmup_steps=2,
                   probe_items=8, sft_min_steps=3, sft_val_every=3, sft_val_questions=8)
     c.eval.update(num_questions=8, val_questions=8, rl_val_questions=8, batch_size=8)

@@ -189,7 +189,8 @@ def model_cfg(config, which, tok):
   return model_config.preset("tiny-llama", d_model=m.d_model, n_layers=m.n_layers,
                              n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, d_ff=m.d_ff,
                              vocab_size=tok.vocab_size, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
-                             bos_id=tok.bos_id, max_seq_len=4096, scan_unroll=m.n_layers)
+                             bos_id=tok.bos_id, max_seq_len=4096, scan_unroll=m.n_layers,
+                             attn_chunk=m.get("attn_chunk", 128))
 
 
 def evaluate(model: Model, retriever, config, questions, **kw) -> tuple:
