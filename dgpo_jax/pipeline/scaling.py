@@ -125,16 +125,16 @@ def summarize_cell(config, cell: str, teacher, student, tab: dict, runs) -> dict
   methods = {}
   for m, a in runs:
     name = tables_lib.tag(m, a)
-    flops = []
+    tokens = []  # per seed
     for s in tab["seeds"]:
       f = os.path.join(cell, "runs", f"seed{s}", name + ".json")
       if os.path.isfile(f):
         with open(f) as fh:
           res = json.load(fh)
-        flops.append(train_tokens(os.path.join(cell, f"seed{s}"), res, config.ppo.epochs))
-    known = flops and None not in flops
+        tokens.append(train_tokens(os.path.join(cell, f"seed{s}"), res, config.ppo.epochs))
+    known = tokens and None not in tokens
     methods[name] = {"em": tab["runs"][name]["em"],
-                     "train_flops": 6 * n["student"] * float(np.mean(flops)) if known else None}
+                     "train_flops": 6 * n["student"] * float(np.mean(tokens)) if known else None}
   ref = tab.get("reference", {})
   margins = {f"{a}-{b}": c for a, b in MARGINS for c in tab.get("claims", [])
              if (c["a"], c["b"]) == (a, b)}
