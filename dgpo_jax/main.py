@@ -35,15 +35,25 @@ def main(argv):
 def _run(config, workdir):
   from dgpo_jax.utils import cli
   from dgpo_jax.utils.errors import DgpoError
+  if config.stage not in STAGES:
+    raise DgpoError(f"config.stage={config.stage!r}: expected one of {', '.join(STAGES)}")
   cli.compilation_cache(cli.default_xla_cache() if FLAGS.xla_cache is None else FLAGS.xla_cache)
   from dgpo_jax.parallel import distributed
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   distributed.check_same_config(config)
-  if config.stage not in STAGES:
-    raise DgpoError(f"config.stage={config.stage!r}: expected one of {', '.join(STAGES)}")
   cli.makedirs(workdir)
   if distributed.jax.process_index() == 0:
     cli.write_json(os.path.join(workdir, "config.json"), config.to_dict(), indent=2)
+  from dgpo_jax.utils import preemption
+  try:
+    _dispatch(config, workdir)
+  except preemption.Preempted:
+    distributed.shutdown()  # every process stops after the same step
+    raise
+  distributed.shutdown()
+
+
+def _dispatch(config, workdir):
   if config.stage == "train":
     from dgpo_jax.pipeline import method
     method.run(config, workdir)

@@ -40,6 +40,16 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
   return jax.process_count()
 
 
+def shutdown():
+  """Leaves the distributed runtime; call it where every process stops together (the end
+  of a run, a synchronized preemption, an error that all processes raise). Left to
+  interpreter exit, the coordinator (process 0) can outlive the other clients and then
+  waits for them until its heartbeat timeout: about 150 s in 2 of 32 config-mismatch
+  exits measured under load, none in 25 with this call."""
+  if jax.process_count() > 1:
+    jax.distributed.shutdown()
+
+
 def config_digest(config) -> str:
   return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str)
                         .encode()).hexdigest()
@@ -53,6 +63,7 @@ def check_same_config(config):
   mine = np.frombuffer(bytes.fromhex(config_digest(config))[:8], np.int64)
   all_ = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
   if len(set(all_.tolist())) > 1:
+    shutdown()  # every process sees the same digests, so all of them stop here
     fail(f"processes disagree on the config (digests {sorted(set(all_.tolist()))}); every "
          f"host must run the same command and config files")
 
