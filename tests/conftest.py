@@ -3,7 +3,11 @@
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA:CPU's LLVM back end at -O0: the suite is mostly compilation of small programs, which a
+# lower level makes faster (docs/benchmarks.md, "Test suite time"). The last bits of some
+# numbers differ from the default level's, so runs that a test compares share the level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One fresh XLA compilation cache per test session, shared by every `main` the tests start
 # (the same smoke config runs many times); a developer's ~/.cache is never read.
@@ -53,10 +57,15 @@ def tiny_model():
 def run_main(workdir, *extra, config="configs/synthetic.py:lm", devices=2, timeout=600):
   """`python -m dgpo_jax.main` in a subprocess with `devices` fake CPU devices."""
   import subprocess
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.run([sys.executable, "-m", "dgpo_jax.main", f"--config={config}",
                          f"--workdir={workdir}", *extra], capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=timeout)
+                        cwd=ROOT, env=cpu_env(devices), timeout=timeout)
+
+
+def cpu_env(devices: int) -> dict:
+  """The environment of a subprocess with `devices` fake CPU devices and the tests' XLA flags."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                                    f"{TEST_XLA_FLAGS}")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cpu_env
 from dgpo_jax.eval import arcap
 from dgpo_jax.rollout.engine import Trajectory
 from dgpo_jax.utils.errors import DgpoError
@@ -75,7 +75,7 @@ def test_gold_context_from_row_or_ids():
 def _cli(module, *args):
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                         cwd=ROOT, timeout=300,
-                        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+                        env=cpu_env(1))
 
 
 @pytest.mark.slow

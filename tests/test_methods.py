@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, copy_prepared, needs_shared
+from conftest import ROOT, cpu_env, copy_prepared, needs_shared
 from test_rl_stage import assert_plan_matches
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_method_runs(workdir, method, stages, steps):
 
 @needs_shared
 def test_batches_must_divide_the_mesh(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = cpu_env(8)
   r = subprocess.run([sys.executable, "-m", "dgpo_jax.main", "--config=configs/synthetic.py:smoke",
                       f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
                      env=env, timeout=600)

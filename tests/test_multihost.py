@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, needs_shared
+from conftest import ROOT, cpu_env, needs_shared
 from dgpo_jax.pipeline import prepare
 
 ARGS = ("--config.data.max_docs=200", "--config.data.seq_len=64", "--config.train.steps=6",
@@ -29,7 +29,7 @@ def _port():
 
 
 def _launch(workdir, devices, extra=(), per_process=None):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = cpu_env(devices)
   cmd = [sys.executable, "-m", "dgpo_jax.main", "--config=configs/synthetic.py:lm",
          f"--workdir={workdir}", "--config.mesh=data:-1", *ARGS, *extra]
   if per_process is None:
@@ -105,7 +105,7 @@ def test_two_processes_roll_out_their_own_share(tmp_path):
   from test_rollout import train_tokenizer
   spm = train_tokenizer(tmp_path)
   worker = os.path.join(ROOT, "tests", "mp_rollout_worker.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = cpu_env(2)
   port = _port()
   procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f"p{i}.json"), spm,
                              f"127.0.0.1:{port}", "2", str(i)], env=env, stderr=subprocess.PIPE,
@@ -141,7 +141,7 @@ def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
       f"checkpoints/{kd[0]}", f"metrics_{kd[0]}.jsonl", f"eval/{kd[0]}_val.json",
       "eval/test_teacher.json"))
   kd_rows = open(wd / f"metrics_{kd[0]}.jsonl").read()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cpu_env(1)
   port = _port()
   cmd = [sys.executable, "-m", "dgpo_jax.main", "--config=configs/synthetic.py:smoke",
          f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

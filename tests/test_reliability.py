@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, WIKI, copy_prepared, needs_shared
+from conftest import ROOT, cpu_env, WIKI, copy_prepared, needs_shared
 from dgpo_jax.utils.checkpoint import Checkpointer
 from dgpo_jax.utils.errors import DgpoError
 
@@ -23,7 +23,7 @@ KD = "kd-ce_fkl-lam1-all-16q-t0"
 
 
 def _start(workdir):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = cpu_env(2)
   return subprocess.Popen([sys.executable, "-m", "dgpo_jax.main",
                            "--config=configs/synthetic.py:smoke", f"--workdir={workdir}"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cpu_env
 from configs import synthetic
 from dgpo_jax.pipeline import prepare, scaling
 from dgpo_jax.utils.errors import DgpoError
@@ -48,7 +48,7 @@ def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):
   prepare.copy_prepared(str(smoke_run), first, scaling.WORLD + scaling.TEACHER)
   cmd = [sys.executable, "-m", "dgpo_jax.scaling",
          "--config=configs/synthetic.py:scaling_smoke", f"--workdir={wd}"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = cpu_env(2)
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.load(open(os.path.join(wd, "scaling.json")))
