@@ -2,7 +2,6 @@
 shared smoke run's checkpoints."""
 
 import json
-import os
 import subprocess
 import sys
 

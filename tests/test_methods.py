@@ -5,7 +5,6 @@ non-default KD loss; GKD is in tests/test_rl_stage.py). A batch that does not di
 mesh is refused."""
 
 import json
-import os
 import subprocess
 import sys
 

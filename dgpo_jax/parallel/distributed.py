@@ -42,10 +42,10 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
 
 def shutdown():
   """Leaves the distributed runtime; call it where every process stops together (the end
-  of a run, a synchronized preemption, an error that all processes raise). Left to
-  interpreter exit, the coordinator (process 0) can outlive the other clients and then
-  waits for them until its heartbeat timeout: about 150 s in 2 of 32 config-mismatch
-  exits measured under load, none in 25 with this call."""
+  of a run, a synchronized preemption, an error that all processes raise), rather than
+  leaving it to interpreter exit. It does not remove every exit stall: process 0 still
+  outlived the other by ~150 s after Python had finished in 1 of 25 config-mismatch exits
+  under load (`benchmarks.multihost_exit`; 2 of 32 without this call)."""
   if jax.process_count() > 1:
     jax.distributed.shutdown()
 
