@@ -129,6 +129,11 @@ def base() -> ml_collections.ConfigDict:
   c.kd.em_threshold = 0.0  # switch to RL once validation EM reaches it (0 = after the epochs)
   c.kd.skew_alpha = 0.1  # DistiLLM
   c.kd.jsd_beta = 0.5  # GKD
+  # The teacher's hidden states at the trajectories' loss positions computed once per KD
+  # stage and kept in host memory (N·K·d_model floats), instead of a teacher forward every
+  # step: the same loss, about a third less work per step where the teacher is larger
+  # (docs/benchmarks.md). Off by default: at paper scale the cache is hundreds of GB.
+  c.kd.cache_teacher = False
 
   c.ppo = ml_collections.ConfigDict()
   c.ppo.steps = 1000

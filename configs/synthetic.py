@@ -93,7 +93,8 @@ def get_config(arg: str = ""):
   # validation EM reaches it) saved ~13 epochs but, paired on the same worlds and teachers,
   # gave KD students of test EM 0.310/0.327 (seeds 0/1) against 0.422/0.555 for 20 epochs
   # (docs/synthetic.md); validation EM kept rising after the jump.
-  c.kd.update(epochs=20, batch_size=16, lr=3e-3, warmup_steps=10, em_threshold=0.0)
+  c.kd.update(epochs=20, batch_size=16, lr=3e-3, warmup_steps=10, em_threshold=0.0,
+              cache_teacher=True)  # ~N·K·128 floats: tens of MB here
   c.ppo.update(steps=20, questions_per_step=16, group_size=4, mini_batch=16, micro_batches=1,
                actor_lr=5e-5, critic_lr=5e-4, val_every=10,
                # The values the recorded synthetic results were measured with (docs/results.md);

@@ -204,3 +204,43 @@ def test_losses_on_listed_positions_equal_the_masked_losses(tiny_model):
     np.testing.assert_allclose(b, a, rtol=1e-5)
     for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
       np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kd_with_cached_teacher_states_equals_kd_with_the_teacher_run(tiny_model):
+  """`kd.cache_teacher`: the teacher's states computed once (`method.teacher_cache`, rows of
+  several widths) and cut into each batch by `masked_batches` give the KD loss and gradients
+  that running the teacher inside the step gives, batch for batch."""
+  from dgpo_jax.data import lm_data
+  from dgpo_jax.parallel import sharding
+  from dgpo_jax.pipeline import method
+  from dgpo_jax.rl import distill
+  from dgpo_jax.train.step import Model
+  cfg, (g, params) = tiny_model()
+  tcfg, (gt, pt) = tiny_model(seed=1)
+  rng = np.random.default_rng(0)
+  n, t = 12, 150
+  tokens = rng.integers(3, cfg.vocab_size, (n, t)).astype(np.int32)
+  lengths = rng.integers(20, t, n)
+  mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
+  gen = (rng.random(tokens.shape) < 0.3).astype(np.int32) * mask
+  gen[:, 0] = 0
+  data = {"tokens": tokens, "mask": mask, "gen": gen}
+  teacher = Model(tcfg, gt, pt, None)
+  cache = method.teacher_cache(teacher, data, 4, sharding.make_mesh())
+  plain = lm_data.masked_batches(tokens, mask, gen, 4, 3)
+  cached = lm_data.masked_batches(tokens, mask, gen, 4, 3, per_position={"teacher_h": cache})
+  kd = distill.make_loss(g, gt, "ce_fkl", lam=1.0, chunk=128, block=64)
+  fn = lambda p, b: kd(g, p, b, pt)[0]
+  widths = set()
+  for step in range(6):
+    a, b = plain(step), cached(step)
+    widths.add(a["tokens"].shape[1])
+    assert b["teacher_h"].shape == a["loss_idx"].shape + (tcfg.d_model,)
+    (la, ga), (lb, gb) = (jax.value_and_grad(fn)(params, x) for x in (a, b))
+    np.testing.assert_allclose(lb, la, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+      np.testing.assert_allclose(x, y, atol=1e-6)
+  assert len(widths) > 1
+  with pytest.raises(DgpoError, match="teacher_h"):
+    lm_data.masked_batches(tokens, mask, gen, 4, 3, per_position={"teacher_h": cache[:, :3]})

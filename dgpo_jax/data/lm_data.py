@@ -7,7 +7,7 @@ state, and every host can take its own rows of the same global batch.
 
 import functools
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -121,18 +121,29 @@ def _grouped_order(lengths_bytes, n, batch_size, epoch, seed, group):
 
 
 def masked_batches(tokens: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray,
-                   batch_size: int, seed: int):
+                   batch_size: int, seed: int, per_position: Optional[dict] = None):
   """`step -> batch` over a set of [N, T+1] rows trained on masked targets (SFT, KD): rows
   grouped by length and cut to their batch width (`length_grouped_batch`), the loss positions
-  listed as `loss_idx` with one count per width (`loss_caps`, `loss_positions`)."""
+  listed as `loss_idx` with one count per width (`loss_caps`, `loss_positions`).
+
+  per_position: {field: [N, K, ...]} arrays whose [r, k] belongs to row r's k-th loss
+  position (e.g. a frozen teacher's hidden states there, `pipeline.method.teacher_states`);
+  each batch carries them cut to its `loss_idx` columns. K must cover `loss_caps`' largest.
+  """
   lengths = np.asarray(mask).sum(1)
   caps = loss_caps(lengths, loss_mask)
+  for name, a in (per_position or {}).items():
+    if a.shape[0] != len(lengths) or a.shape[1] < max(caps.values()):
+      fail(f"masked_batches: per-position field {name!r} has shape {a.shape}, expected "
+           f"[{len(lengths)}, >= {max(caps.values())}, ...]")
 
   def batch(step):
     idx, w = length_grouped_batch(lengths, batch_size, step, seed)
     lm = loss_mask[idx, :w]
-    return {"tokens": tokens[idx, :w], "mask": mask[idx, :w], "loss_mask": lm,
-            "loss_idx": loss_positions(lm, caps[w])}
+    out = {"tokens": tokens[idx, :w], "mask": mask[idx, :w], "loss_mask": lm,
+           "loss_idx": loss_positions(lm, caps[w])}
+    out.update({name: a[idx, :caps[w]] for name, a in (per_position or {}).items()})
+    return out
 
   return batch
 

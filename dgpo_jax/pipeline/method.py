@@ -24,6 +24,7 @@ from dgpo_jax.parallel import sharding
 from dgpo_jax.pipeline import prepare, report, rl_stage, stages, steps
 from dgpo_jax.pipeline.rl_stage import run_rl
 from dgpo_jax.rl import batch as rl_batch
+from dgpo_jax.rl import distill
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
 from dgpo_jax.train.loop import fit
 from dgpo_jax.train.step import Model
@@ -141,10 +142,12 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   n = len(data["tokens"])
   bs = min(k.batch_size, n)
   spe = max(1, n // bs)
-  total = k.epochs * spe
-  loss_fn = steps.kd_loss(config, student, teacher, loss, lam, total)
+  built = steps.kd_update(config, student, teacher, mesh, loss, lam, spe)  # one per stage
 
-  rows = lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs, config.seed + 23)
+  cached = ({"teacher_h": teacher_cache(teacher, data, bs, mesh)}
+            if k.get("cache_teacher", False) else None)
+  rows = lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs, config.seed + 23,
+                                per_position=cached)
   batch_fn = lambda step: dict(rows(step), step=np.full((bs,), step, np.int32))
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
@@ -154,7 +157,7 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
     fc = steps.kd_fit_config(config, spe, epoch + 1)
     params, m = fit(name, workdir, Model(student.cfg, student.graphdef, params,
                                          student.shardings), mesh, batch_fn, fc, config.seed,
-                    log, loss_fn=loss_fn, frozen=teacher)
+                    log, frozen=teacher, built=built)
     if len(history) <= epoch:
       summary = evaluation.headline(evaluate(params))
       history.append({"epoch": epoch + 1, "step": fc.steps, **summary, **m})
@@ -165,6 +168,30 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
            f"{k.em_threshold}: switching to the next stage")
       break
   return params, history
+
+
+def teacher_cache(teacher: Model, data, rows: int, mesh) -> np.ndarray:
+  """The teacher's final hidden states at every trajectory's loss positions, [N, K, D]
+  float32 in `lm_data.loss_positions` order: one forward of the frozen teacher over the set
+  instead of one per KD step (`kd.cache_teacher`; N·K·D floats of host memory). Rows go in
+  length order, `rows` at a time, at the widths `masked_batches` cuts them to."""
+  tokens, mask, gen = data["tokens"], data["mask"], data["gen"]
+  lengths = mask.sum(1)
+  caps = lm_data.loss_caps(lengths, gen)
+  out = np.zeros((len(tokens), max(caps.values()), teacher.cfg.d_model), np.float32)
+  fn = jax.jit(lambda p, t, v, i: distill.teacher_states(teacher.graphdef, p, t, v, i),
+               out_shardings=sharding.replicated(mesh))  # every process reads it whole
+  order = np.argsort(lengths, kind="stable")
+  for s in range(0, len(order), rows):
+    ids = order[s:s + rows]
+    ids = np.concatenate([ids, np.repeat(ids[-1:], rows - len(ids))])  # one shape per width
+    w = int(shapes.round_up(lengths[ids].max(), 64))
+    k = caps[w]
+    h = fn(teacher.params, tokens[ids, :w - 1], mask[ids, :w - 1],
+           lm_data.loss_positions(gen[ids, :w], k))
+    out[ids, :k] = np.asarray(h)
+  log(f"[kd] teacher states cached: {out.shape} ({out.nbytes / 2**20:.0f} MiB)")
+  return out
 
 
 @dataclasses.dataclass

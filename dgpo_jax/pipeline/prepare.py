@@ -31,7 +31,7 @@ from dgpo_jax.retrieval import index as index_lib
 from dgpo_jax.retrieval.retriever import Doc, IndexRetriever
 from dgpo_jax.rollout import text as rollout_text
 from dgpo_jax.rollout.engine import RolloutConfig, RolloutEngine
-from dgpo_jax.train.loop import FitConfig, fit
+from dgpo_jax.train.loop import FitConfig, fit, fit_update
 from dgpo_jax.train.step import Model
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
@@ -164,13 +164,14 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
     ends = sorted({*range(min(first, p.sft_steps), p.sft_steps, every), p.sft_steps})
   val_f = os.path.join(workdir, "eval", "teacher_sft_val.json")
   history = evaluation.read_history(val_f)
-  m = {}
+  m, built = {}, None
   for k, end in enumerate(ends):
     fc = FitConfig(steps=end, schedule_steps=p.sft_steps, lr=p.sft_lr,
                    warmup_steps=p.warmup_steps, log_every=config.train.log_every,
                    ckpt_every=min(config.train.ckpt_every, end))
-    params, m = fit("teacher_sft", workdir, Model(None, graphdef, params, shardings), mesh,
-                    sft_batch, fc, ws, log)
+    model = Model(None, graphdef, params, shardings)
+    built = built or fit_update("teacher_sft", model, mesh, fc, sft_batch(0))
+    params, m = fit("teacher_sft", workdir, model, mesh, sft_batch, fc, ws, log, built=built)
     m = dict(m, steps=end)
     if target <= 0:
       break

@@ -13,8 +13,8 @@ from dgpo_jax.models.sampler import SamplingParams
 from dgpo_jax.parallel import sharding
 from dgpo_jax.rl import distill, ppo
 from dgpo_jax.train.loop import FitConfig, optimizer
-from dgpo_jax.train.step import (KD_FIELDS, Model, Step, abstract, batch_shardings, sds,
-                                 train_update)
+from dgpo_jax.train.step import (KD_CACHED_FIELDS, KD_FIELDS, Model, Step, abstract,
+                                 batch_shardings, sds, train_update)
 
 
 def kd_loss(config, student: Model, teacher: Model, loss: str, lam: float, total_steps: int):
@@ -40,8 +40,9 @@ def kd_update(config, student: Model, teacher: Model, mesh, loss: str, lam: floa
   (Step, state shardings, state shape))."""
   total = config.kd.epochs * steps_per_epoch
   tx = optimizer(kd_fit_config(config, steps_per_epoch, 1))
+  fields = KD_CACHED_FIELDS if config.kd.get("cache_teacher", False) else KD_FIELDS
   return train_update("kd_update", student, tx, mesh,
-                      kd_loss(config, student, teacher, loss, lam, total), KD_FIELDS,
+                      kd_loss(config, student, teacher, loss, lam, total), fields,
                       config.kd.batch_size, teacher)
 
 

@@ -28,6 +28,15 @@ def hidden_and_head(graphdef, params, tokens_bt, valid_bt):
   return h, model.head_weight().astype(h.dtype)
 
 
+def teacher_states(graphdef, params, tokens_bt, valid_bt, loss_idx_bk):
+  """A frozen model's final hidden states at the listed loss positions, [B, K, D] float32
+  (rows of loss_idx padded with -1 get row position 0's state; their weight is 0 in every
+  loss). KD computes them once per trajectory set instead of once per step (`teacher_h`)."""
+  h, _ = hidden_and_head(graphdef, params, tokens_bt, valid_bt)
+  return jnp.take_along_axis(h, jnp.maximum(loss_idx_bk, 0)[..., None], axis=1).astype(
+      jnp.float32)
+
+
 def taid_t(step, total, t_start=0.4, t_end=1.0):
   """TAID's interpolation coefficient, rising linearly from t_start to t_end."""
   frac = jnp.clip(step.astype(jnp.float32) / max(total, 1), 0.0, 1.0)
@@ -40,8 +49,10 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
   """`loss_fn(graphdef, params, batch, frozen) -> (loss, aux)` for `train.lm.make_update`.
 
   batch: tokens [B, T+1], mask [B, T+1] (real tokens), loss_mask [B, T+1] (1 on generated
-  tokens), optionally loss_idx [B, K] (those positions: both heads run on them only), and
-  for taid a replicated `step` scalar. frozen: the teacher's params.
+  tokens), optionally loss_idx [B, K] (those positions: both heads run on them only) and
+  with it teacher_h [B, K, D] (the teacher's hidden states there, `teacher_states`, so the
+  teacher's forward is not run again every step), and for taid a replicated `step` scalar.
+  frozen: the teacher's params.
   """
   if loss not in LOSSES:
     raise ValueError(f"kd.loss={loss!r}: expected one of {LOSSES}")
@@ -52,9 +63,8 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
     valid = batch["mask"][:, :-1]
     w_bt = batch["loss_mask"][:, 1:].astype(jnp.float32)
     hs, ws = hidden_and_head(student_graphdef, params, inputs, valid)
-    ht, wt = hidden_and_head(teacher_graphdef, jax.lax.stop_gradient(frozen), inputs, valid)
     hs, y, w = select_loss_positions(batch, hs, targets, w_bt)
-    ht, _, _ = select_loss_positions(batch, ht, targets, w_bt)
+    ht, wt = _teacher_side(batch, jax.lax.stop_gradient(frozen), inputs, valid, targets, w_bt)
     hs, ht = hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1])
     y, w = y.reshape(-1), w.reshape(-1)
     n = jnp.maximum(w.sum(), 1.0)
@@ -68,5 +78,14 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
     a = taid_t(batch["step"][0], total_steps) if loss == "taid" else alpha
     div = fused_kl.chunked_divergence(hs, ws, ht, wt, loss, a, chunk=chunk)
     return (div * w).sum() / n, dict(aux, divergence=(div * w).sum() / n)
+
+  def _teacher_side(batch, frozen, inputs, valid, targets, w_bt):
+    if "teacher_h" in batch:
+      if "loss_idx" not in batch:
+        raise ValueError("distill: a batch with teacher_h needs the loss_idx it is indexed by")
+      ht = batch["teacher_h"]
+      return ht, nnx.merge(teacher_graphdef, frozen).head_weight().astype(ht.dtype)
+    ht, wt = hidden_and_head(teacher_graphdef, frozen, inputs, valid)
+    return select_loss_positions(batch, ht, targets, w_bt)[0], wt
 
   return loss_fn

@@ -106,20 +106,33 @@ def run_loop(name: str, workdir: str, ckpt: Checkpointer, state, start: int, fc:
   return state, last
 
 
+def fit_update(name: str, model: Model, mesh, fc: FitConfig, example: dict,
+               loss_fn: Callable = lm.lm_loss, frozen: Optional[Model] = None):
+  """The `step.train_update` triple a `fit` run steps with, for batches like `example`.
+
+  A run that `fit` continues in chunks (SFT between dev checks, KD between epochs: the same
+  `fc.schedule_steps`) builds it once and passes it to every chunk, so its jitted update is
+  traced and compiled once per batch width, not once per chunk."""
+  return train_update(name, model, optimizer(fc), mesh, loss_fn,
+                      {k: np.ndim(v) for k, v in example.items()}, len(example["tokens"]),
+                      frozen)
+
+
 def fit(name: str, workdir: str, model: Model, mesh, batch_fn: Callable[[int], dict],
         fc: FitConfig, seed: int = 0, log=print, loss_fn: Callable = lm.lm_loss,
-        frozen: Optional[Model] = None):
+        frozen: Optional[Model] = None, built: Optional[tuple] = None):
   """Trains `model.params` for fc.steps with `batch_fn(step) -> {"tokens", "mask", ...}`.
 
   Resumes from `workdir/checkpoints/<name>` when a checkpoint exists. `loss_fn` and
   `frozen` (a model it reads but does not train, e.g. a teacher) go to `lm.make_update`
-  through `step.train_update`. A step whose loss or gradient is not finite is skipped
-  (params unchanged). Returns (params, last logged metrics).
+  through `step.train_update`, or `built` is that triple already (`fit_update`, or the
+  `pipeline.steps` builder `plan` lowers), trained with an optimizer equal to
+  `optimizer(fc)`. A step whose loss or gradient is not finite is skipped (params
+  unchanged). Returns (params, last logged metrics).
   """
   example, tx = batch_fn(0), optimizer(fc)
-  update, state_sh, shape = train_update(
-      name, model, tx, mesh, loss_fn, {k: np.ndim(v) for k, v in example.items()},
-      len(example["tokens"]), frozen)
+  update, state_sh, shape = built or fit_update(name, model, mesh, fc, example, loss_fn,
+                                                frozen)
   init = lambda: jax.jit(lambda p: lm.init_state(p, tx), out_shardings=state_sh)(model.params)
   ckpt, start, state = restore_or_init(name, workdir, shape, state_sh, init, fc.keep_ckpts, log)
   rng = jax.random.key(seed)

@@ -94,6 +94,8 @@ def sds(shape, dtype, sh):
 
 # The fields of a batch of masked targets (SFT, KD) and their ranks; `step` is TAID's clock.
 KD_FIELDS = {"tokens": 2, "mask": 2, "loss_mask": 2, "loss_idx": 2, "step": 1}
+# ... and with `kd.cache_teacher`, the teacher's hidden states at the loss positions.
+KD_CACHED_FIELDS = dict(KD_FIELDS, teacher_h=3)
 
 
 def train_update(name, model: Model, tx, mesh, loss_fn, fields: dict, rows: int,
@@ -101,7 +103,8 @@ def train_update(name, model: Model, tx, mesh, loss_fn, fields: dict, rows: int,
   """The update of an LM-style stage (`lm.make_update`) and its train-state layout.
 
   Args:
-    fields: batch field → rank ([rows] or [rows, width]); every one int32, rows sharded.
+    fields: batch field → rank ([rows] or [rows, width]); every one int32, rows sharded,
+      but `teacher_h` ([rows, loss tokens, the frozen model's width], float32).
     frozen: the model the loss reads untrained (the teacher in KD and GKD).
   Returns:
     (Step `(state, batch, rng, frozen) -> (state, metrics)`, state shardings, state shape).
@@ -114,9 +117,13 @@ def train_update(name, model: Model, tx, mesh, loss_fn, fields: dict, rows: int,
                       frozen.shardings if frozen is not None else None)
 
   def spec(width: int, loss_tokens: int = 0):
-    cols = {"loss_idx": loss_tokens or width - 1}
-    batch = {k: sds((rows, cols.get(k, width))[:nd], jnp.int32, batch_sh[k])
-             for k, nd in fields.items()}
+    k = loss_tokens or width - 1
+    cols = {"loss_idx": k}
+    batch = {name: sds((rows, cols.get(name, width))[:nd], jnp.int32, batch_sh[name])
+             for name, nd in fields.items() if name != "teacher_h"}
+    if "teacher_h" in fields:  # the frozen teacher's cached states at the loss positions
+      batch["teacher_h"] = sds((rows, k, frozen.cfg.d_model), jnp.float32,
+                               batch_sh["teacher_h"])
     return (abstract(shape, state_sh), batch, jax.random.key(0),
             frozen.abstract() if frozen is not None else None)
 
