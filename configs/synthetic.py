@@ -11,8 +11,7 @@ split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about 75 min on 2 CPU cores (seed 0, with other work on the machine for 45 min of
-      # it; docs/synthetic.md, "The default with the tokenizer cap")
+      # about 35 min on 2 CPU cores from empty caches (docs/synthetic.md, "The KD cache")
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
