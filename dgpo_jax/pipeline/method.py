@@ -10,6 +10,7 @@ Every stage resumes from what the workdir holds.
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -144,11 +145,13 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   spe = max(1, n // bs)
   built = steps.kd_update(config, student, teacher, mesh, loss, lam, spe)  # one per stage
 
-  cached = ({"teacher_h": teacher_cache(teacher, data, bs, mesh)}
-            if k.get("cache_teacher", False) else None)
-  rows = lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs, config.seed + 23,
-                                per_position=cached)
-  batch_fn = lambda step: dict(rows(step), step=np.full((bs,), step, np.int32))
+  @functools.cache
+  def rows():  # made at the first step trained: a finished stage, read back, needs no cache
+    cached = ({"teacher_h": teacher_cache(teacher, data, bs, mesh)}
+              if k.get("cache_teacher", False) else None)
+    return lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs,
+                                  config.seed + 23, per_position=cached)
+  batch_fn = lambda step: dict(rows()(step), step=np.full((bs,), step, np.int32))
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
   history = evaluation.read_history(val_f)
@@ -185,7 +188,7 @@ def teacher_cache(teacher: Model, data, rows: int, mesh) -> np.ndarray:
   for s in range(0, len(order), rows):
     ids = order[s:s + rows]
     ids = np.concatenate([ids, np.repeat(ids[-1:], rows - len(ids))])  # one shape per width
-    w = int(shapes.round_up(lengths[ids].max(), 64))
+    w = min(c for c in caps if c >= lengths[ids].max())  # the width masked_batches cuts to
     k = caps[w]
     h = fn(teacher.params, tokens[ids, :w - 1], mask[ids, :w - 1],
            lm_data.loss_positions(gen[ids, :w], k))

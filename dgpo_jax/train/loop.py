@@ -130,8 +130,8 @@ def fit(name: str, workdir: str, model: Model, mesh, batch_fn: Callable[[int], d
   `optimizer(fc)`. A step whose loss or gradient is not finite is skipped (params
   unchanged). Returns (params, last logged metrics).
   """
-  example, tx = batch_fn(0), optimizer(fc)
-  update, state_sh, shape = built or fit_update(name, model, mesh, fc, example, loss_fn,
+  tx = optimizer(fc)
+  update, state_sh, shape = built or fit_update(name, model, mesh, fc, batch_fn(0), loss_fn,
                                                 frozen)
   init = lambda: jax.jit(lambda p: lm.init_state(p, tx), out_shardings=state_sh)(model.params)
   ckpt, start, state = restore_or_init(name, workdir, shape, state_sh, init, fc.keep_ckpts, log)
