@@ -56,7 +56,7 @@ def make_plan(config, mesh_spec=None, seq_len=0) -> dict:
   check_batches(config, mesh)  # the same start-up check `main` makes
   seq = seq_len or config.plan.seq_len
   rules = sharding.rules_of(config)
-  s_cfg, t_cfg = aot.model_cfg(config.model), aot.model_cfg(config.teacher_model)
+  s_cfg, t_cfg = aot.model_cfgs(config)
   s, t = (aot.abstract_model(c, mesh, rules) for c in (s_cfg, t_cfg))
   student_b, teacher_b = _sharded_bytes(s.params, s.shardings), _sharded_bytes(t.params,
                                                                                t.shardings)

@@ -7,6 +7,7 @@ import pytest
 
 from configs import llama8b_to_1b, qwen05b, qwen7b_to_05b
 from dgpo_jax import plan as plan_cli
+from dgpo_jax.pipeline import aot
 from dgpo_jax.utils.errors import DgpoError
 
 
@@ -40,6 +41,21 @@ def test_plan_compiles_qwen05b_steps_and_checks_fit():
   assert plan_cli.check_fit(p, 80.0)[0]
   fits, msg = plan_cli.check_fit(p, 0.5)
   assert not fits and "DOES NOT FIT" in msg
+
+
+def test_plan_of_the_synthetic_config_uses_its_student_and_teacher_shapes():
+  """The embedded default has no model presets: its shapes are `student`/`teacher` at the
+  configured vocabulary (`aot.model_cfgs`)."""
+  from configs import synthetic
+  c = synthetic.get_config("smoke")
+  p = plan_cli.make_plan(c, "data:4,tensor:2", 256)
+  assert set(p["steps"]) == {"kd_update", "ppo_experience", "ppo_update", "rollout_decode"}
+  # tensor:2 shards each weight matrix in two; data:4 replicates: a device holds about half
+  # of the student's f32 params (d 32, 1 layer, d_ff 64, 512 pieces: ~29k)
+  s_cfg, t_cfg = aot.model_cfgs(c)
+  assert (s_cfg.d_model, s_cfg.vocab_size, t_cfg.d_model) == (32, 512, 64)
+  n = p["per_device_gb"]["student_params"] * 1024 ** 3 / 4
+  assert 10e3 < n < 20e3
 
 
 def test_plan_rejects_bad_meshes_and_batches():

@@ -10,6 +10,7 @@ hardware it names.
 """
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,18 @@ class Compiled:
 def model_cfg(m) -> model_config.ModelConfig:
   """The shape config of a model section (`preset` name plus dtypes)."""
   return model_config.preset(m.preset, param_dtype=m.param_dtype, dtype=m.dtype)
+
+
+def model_cfgs(config) -> tuple:
+  """(student, teacher) shape configs of the run: the `model` and `teacher_model` presets, or
+  on the synthetic world its `student` and `teacher` shapes at `tokenizer.vocab_size` pieces
+  (the world's tokenizer is trained by `prepare` and can come out smaller: an upper bound)."""
+  if "world" not in config:
+    return model_cfg(config.model), model_cfg(config.teacher_model)
+  from dgpo_jax.pipeline import prepare  # the shapes the synthetic pipeline builds
+  tok = SimpleNamespace(vocab_size=config.tokenizer.vocab_size, eos_ids=(2,), pad_id=0,
+                        bos_id=1)  # SentencePiece's default ids; they do not change a shape
+  return prepare.model_cfg(config, "student", tok), prepare.model_cfg(config, "teacher", tok)
 
 
 def abstract_model(cfg, mesh, rules, ctor=Decoder, remat=True) -> Model:
@@ -86,7 +99,7 @@ def compile_steps(config, mesh=None, seq_len: int = 0, rollout: bool = True):
   """
   mesh = mesh or sharding.make_mesh(config.mesh)
   rules = sharding.rules_of(config)
-  s_cfg, t_cfg = model_cfg(config.model), model_cfg(config.teacher_model)
+  s_cfg, t_cfg = model_cfgs(config)
   if s_cfg.vocab_size > t_cfg.vocab_size:
     raise ValueError(f"student vocabulary {s_cfg.vocab_size} > teacher {t_cfg.vocab_size}")
   student = abstract_model(s_cfg, mesh, rules, remat=config.model.remat)
