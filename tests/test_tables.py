@@ -36,6 +36,16 @@ def test_aggregate_markdown_and_curves(tmp_path):
   assert "| dgpo | 0.010 → 0.010 |" in tables.markdown(t)
   pytest.importorskip("matplotlib")
   assert tables.plot_curves({"dgpo": [rows]}, str(tmp_path / "c.png"))
+  # a run with no KL or reward (GKD) keeps every other run's color in every panel
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(tables.CURVES))
+  gkd = [{"step": r["step"], "em": 0.0, "entropy": 2.0} for r in rows]
+  tables.draw_curves(axes, {"gkd": [gkd], "dgpo": [rows]})
+  colors = [{l.get_label(): l.get_color() for l in ax.get_lines()} for ax in axes]
+  assert all(c["dgpo"] == colors[0]["dgpo"] != colors[0]["gkd"] for c in colors)
+  plt.close(fig)
   assert (tmp_path / "c.png").stat().st_size > 1000
 
 

@@ -282,19 +282,27 @@ def plot_curves(curves: dict, path: str) -> bool:
   if plt is None:
     return False
   fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
-  for name, series in curves.items():
-    steps = sorted({r["step"] for s in series for r in s})
-    for ax, (key, title) in zip(axes, CURVES):
-      ys = [_mean_at(series, key, st) for st in steps]
-      if not np.all(np.isnan(ys)):
-        ax.plot(steps, ys, label=name)
-      ax.set_title(title)
-      ax.set_xlabel("RL step")
-  axes[0].legend(fontsize=7)
+  draw_curves(axes, curves)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
+
+
+def draw_curves(axes, curves: dict):
+  """One panel per CURVES key on `axes`, one line per run (mean over seeds)."""
+  for i, (name, series) in enumerate(curves.items()):
+    steps = sorted({r["step"] for s in series for r in s})
+    # one color and style per run in every panel: a run a panel skips (GKD has no reward
+    # or KL-to-reference) must not shift the others' colors there
+    style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], label=name)
+    for ax, (key, title) in zip(axes, CURVES):
+      ys = [_mean_at(series, key, st) for st in steps]
+      if not np.all(np.isnan(ys)):
+        ax.plot(steps, ys, **style)
+      ax.set_title(title)
+      ax.set_xlabel("RL step")
+  axes[0].legend(fontsize=7)
 
 
 def write_products(workdir: str, stem: str, obj: dict, md: str, plot: Callable[[], bool]):
