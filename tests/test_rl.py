@@ -230,17 +230,18 @@ def test_kd_with_cached_teacher_states_equals_kd_with_the_teacher_run(tiny_model
   cache = method.teacher_cache(teacher, data, 4, sharding.make_mesh())
   plain = lm_data.masked_batches(tokens, mask, gen, 4, 3)
   cached = lm_data.masked_batches(tokens, mask, gen, 4, 3, per_position={"teacher_h": cache})
-  kd = distill.make_loss(g, gt, "ce_fkl", lam=1.0, chunk=128, block=64)
-  fn = lambda p, b: kd(g, p, b, pt)[0]
   widths = set()
-  for step in range(6):
-    a, b = plain(step), cached(step)
-    widths.add(a["tokens"].shape[1])
-    assert b["teacher_h"].shape == a["loss_idx"].shape + (tcfg.d_model,)
-    (la, ga), (lb, gb) = (jax.value_and_grad(fn)(params, x) for x in (a, b))
-    np.testing.assert_allclose(lb, la, rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
-      np.testing.assert_allclose(x, y, atol=1e-6)
+  for loss in ("ce_fkl", "skew_fkl", "taid"):  # every KD loss the tables run with the cache
+    kd = distill.make_loss(g, gt, loss, lam=1.0, chunk=128, block=64)
+    fn = lambda p, b: kd(g, p, b, pt)[0]
+    for step in range(6):
+      a, b = (dict(x, step=np.array([step], np.int32)) for x in (plain(step), cached(step)))
+      widths.add(a["tokens"].shape[1])
+      assert b["teacher_h"].shape == a["loss_idx"].shape + (tcfg.d_model,)
+      (la, ga), (lb, gb) = (jax.value_and_grad(fn)(params, x) for x in (a, b))
+      np.testing.assert_allclose(lb, la, rtol=1e-5, err_msg=loss)
+      for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+        np.testing.assert_allclose(x, y, atol=1e-6, err_msg=loss)
   assert len(widths) > 1
   with pytest.raises(DgpoError, match="teacher_h"):
     lm_data.masked_batches(tokens, mask, gen, 4, 3, per_position={"teacher_h": cache[:, :3]})
