@@ -26,6 +26,10 @@ def spm_prefix(directory: str, tokenizer_config) -> str:
                       f"spm{tokenizer_config.vocab_size}" + (f"-p{cap}" if cap else ""))
 
 
+# The special pieces' ids of every tokenizer `train_sentencepiece` makes.
+SPECIAL_IDS = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+
+
 def train_sentencepiece(texts: Iterable[str], out_prefix: str, vocab_size: int,
                         user_symbols: Sequence[str] = ACTION_TAGS,
                         max_piece_length: int = 0) -> str:
@@ -46,7 +50,7 @@ def train_sentencepiece(texts: Iterable[str], out_prefix: str, vocab_size: int,
     fail("train_sentencepiece: no text to train on")
   spm.SentencePieceTrainer.Train(
       sentence_iterator=iter(texts), model_prefix=tmp, vocab_size=vocab_size, model_type="bpe",
-      character_coverage=1.0, byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+      character_coverage=1.0, byte_fallback=True, **SPECIAL_IDS,
       user_defined_symbols=list(user_symbols), split_digits=True,
       input_sentence_size=200000, shuffle_input_sentence=False, num_threads=1,
       max_sentence_length=1 << 14, minloglevel=2, hard_vocab_limit=False,

@@ -12,6 +12,7 @@ import json
 import os
 
 from dgpo_jax.eval import stats
+from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
 
 
@@ -69,8 +70,7 @@ def run(workdir: str, pairs: list, out: str) -> list:
     parsed.append(tuple(p.split(":", 1)))
   rows = compare(per_question, parsed)
   out = out or os.path.join(workdir, "compare")
-  with open(out + ".json", "w") as f:
-    json.dump(rows, f, indent=2)
+  cli.write_json(out + ".json", rows, indent=2)
   with open(out + ".md", "w") as f:
     f.write(markdown(rows))
   print(markdown(rows), end="")

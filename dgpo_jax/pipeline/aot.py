@@ -54,9 +54,11 @@ def model_cfgs(config) -> tuple:
   (the world's tokenizer is trained by `prepare` and can come out smaller: an upper bound)."""
   if "world" not in config:
     return model_cfg(config.model), model_cfg(config.teacher_model)
+  from dgpo_jax.data.lm_data import SPECIAL_IDS
   from dgpo_jax.pipeline import prepare  # the shapes the synthetic pipeline builds
-  tok = SimpleNamespace(vocab_size=config.tokenizer.vocab_size, eos_ids=(2,), pad_id=0,
-                        bos_id=1)  # SentencePiece's default ids; they do not change a shape
+  ids = SPECIAL_IDS  # the world tokenizer's (`lm_data.train_sentencepiece`)
+  tok = SimpleNamespace(vocab_size=config.tokenizer.vocab_size, eos_ids=(ids["eos_id"],),
+                        pad_id=ids["pad_id"], bos_id=ids["bos_id"])
   return prepare.model_cfg(config, "student", tok), prepare.model_cfg(config, "teacher", tok)
 
 
