@@ -18,8 +18,8 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
       # 84 s from empty caches (benchmarks.synthetic_times): a small world, a few steps per stage
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
       # every method and ablation × 3 seeds at the default's budgets, one shared preparation
-      # (21 min); a seed's 13 runs take over an hour, five of them with their own KD stage
-      # (docs/results.md, which ran them as --seeds / --runs parts of one workdir)
+      # (21 min); the 39 runs take about 7.7 process-hours on 2 cores (docs/results.md, which
+      # ran them as --seeds / --runs parts of one workdir, two processes side by side)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
       # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets (docs/scaling.md)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_gpu --workdir=/tmp/dgpo_scg

@@ -5,10 +5,12 @@ Every error a user can cause (bad path, bad config, bad checkpoint) is raised as
 CLIs print the message without a traceback (`utils.cli.run`).
 """
 
+from typing import NoReturn
+
 
 class DgpoError(Exception):
   """An error caused by user input; its message is meant to be read as is."""
 
 
-def fail(msg: str) -> "NoReturn":  # noqa: F821
+def fail(msg: str) -> NoReturn:
   raise DgpoError(msg)
