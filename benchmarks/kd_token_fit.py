@@ -47,13 +47,13 @@ def _logprobs(model_dir, tokens_bt, mask_bt):
 
 def _fit(lp_btv, lt_btv, targets_bt, w_bt, piece) -> dict:
   """The statistics of the module docstring for one model against the teacher."""
+  from dgpo_jax.rl import fused_kl
   v = min(lp_btv.shape[-1], lt_btv.shape[-1])
   lp, lt = lp_btv[..., :v], lt_btv[..., :v]
   sel = w_bt > 0
   lq = np.take_along_axis(lp, targets_bt[..., None], -1)[..., 0][sel]
-  pt = np.exp(lt[sel])
-  lmix = np.logaddexp(np.log(ALPHA) + lt[sel], np.log1p(-ALPHA) + lp[sel])
-  skew = (pt * (lt[sel] - lmix)).sum(-1)
+  # the very per-column terms the skew_fkl loss sums (`fused_kl.divergence_terms`)
+  skew = np.asarray(fused_kl.divergence_terms("skew_fkl", lp[sel], lt[sel], None, ALPHA)).sum(-1)
   ent = -(np.exp(lp[sel]) * lp[sel]).sum(-1)
   ce = -lq
   low = lq < np.log(1e-2)

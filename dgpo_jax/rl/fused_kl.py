@@ -239,7 +239,7 @@ def naive_stats(h_s, w_s, h_t, w_t, y):
 DIVERGENCES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "taid")
 
 
-def _div_terms(kind, lp_s, lp_t, lmix, alpha):
+def divergence_terms(kind, lp_s, lp_t, lmix, alpha):
   """Per-column divergence terms from log-probs (summed over the vocabulary by the caller)."""
   p_s, p_t = jnp.exp(lp_s), jnp.exp(lp_t)
   if kind == "fkl":
@@ -291,7 +291,7 @@ def chunked_divergence(h_s, w_s, h_t, w_t, kind: str, alpha: float = 0.5, *,
   @jax.checkpoint
   def div_body(total, c):
     zs, zt, zm = logits(c)
-    t = _div_terms(kind, zs - lse_s[:, None], zt - lse_t[:, None], zm - lse_m[:, None], alpha)
+    t = divergence_terms(kind, zs - lse_s[:, None], zt - lse_t[:, None], zm - lse_m[:, None], alpha)
     return total + jnp.where(zs > NEG, t, 0.0).sum(-1), None
 
   total, _ = jax.lax.scan(div_body, jnp.zeros((n,)), cs)
@@ -305,4 +305,4 @@ def naive_divergence(h_s, w_s, h_t, w_t, kind: str, alpha: float = 0.5):
   zt = jax.lax.stop_gradient(zt)
   zm = (1 - alpha) * jax.lax.stop_gradient(zs) + alpha * zt
   ls, lt, lm = (jax.nn.log_softmax(z, -1) for z in (zs, zt, zm))
-  return _div_terms(kind, ls, lt, lm, alpha).sum(-1)
+  return divergence_terms(kind, ls, lt, lm, alpha).sum(-1)
