@@ -9,8 +9,9 @@ TGO trajectories, over the model-generated tokens only (what the KD losses train
 - `ce`: mean −log q of the teacher's sampled token;
 - `q_lt_1e-2`, `q_lt_1e-4`: the share of tokens whose probability under the model is below
   those values, and `ce_share_q_lt_1e-2`: their share of the CE;
-- `skew_fkl`: the mean skew forward KL to the teacher, KL(π_t ‖ α π_t + (1−α) π_s) at
-  α = 0.1, and `skew_at_cap`: the share of tokens within 10% of its bound −log α;
+- `skew_fkl`: the mean skew forward KL to the teacher, KL(π_t ‖ α π_t + (1−α) π_s) at the
+  α the DistiLLM stage trains with (`kd.skew_alpha` of configs/synthetic.py), and
+  `skew_at_cap`: the share of tokens within 10% of its bound −log α;
 - `entropy`: the model's mean entropy there;
 - `top_missed`: the teacher tokens most often given q < 1e-2, as (piece, count).
 
@@ -26,9 +27,10 @@ import sys
 import numpy as np
 
 from benchmarks.common import emit
+from configs import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALPHA = 0.1
+ALPHA = synthetic.get_config().kd.skew_alpha  # the skew DistiLLM's loss uses here
 
 
 def _logprobs(model_dir, tokens_bt, mask_bt):
