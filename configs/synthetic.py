@@ -143,17 +143,20 @@ def get_config(arg: str = ""):
     c.scaling = ml_collections.ConfigDict(dict(
         teachers=("96x3x288", "128x4x384"),
         students=("32x1x96", "48x2x144", "64x2x192", "96x3x288"),
-        methods=("dgpo", "kd", "ppo", "sft_ppo"), seeds=(0, 1)))
+        methods=("dgpo", "kd", "ppo", "sft_ppo"), seeds=(0, 1),
+        # each teacher's cells in a process of their own, side by side: an XLA CPU process
+        # here uses one core (xla_flags above), and the CPU machines have 2
+        workers=2))
     if arg == "scaling_gpu":  # students 0.07M-1.8M, teachers 4.2M and 20M, 3 seeds
       c.scaling.update(teachers=("256x6x768", "512x8x1536"),
                        students=("32x1x96", "64x2x192", "128x4x384", "192x4x576"),
-                       seeds=(0, 1, 2))
+                       seeds=(0, 1, 2), workers=1)  # one process owns the one GPU
     if arg == "scaling_smoke":  # the same code on the smoke world: 1 teacher × 2 students,
       # dgpo and kd (which share the KD stage), 1 seed
       c = get_config("smoke")
       c.scaling = ml_collections.ConfigDict(dict(
           teachers=("64x2x128",), students=("16x1x32", "32x1x64"), methods=("dgpo", "kd"),
-          seeds=(0,)))
+          seeds=(0,), workers=1))
   elif arg == "lm":
     c.stage = "lm"
     c.data.corpus = common.WIKI_SAMPLE

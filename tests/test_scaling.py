@@ -36,6 +36,26 @@ def test_train_tokens_count_kd_once_and_rl_per_epoch_and_refuse_to_undercount(tm
   assert scaling.train_tokens(str(tmp_path), res, ppo_epochs=2) is None
 
 
+def test_workers_run_each_teacher_in_a_process_then_read_the_grid_back(tmp_path, monkeypatch):
+  config = synthetic.get_config("scaling")
+  calls = []
+  monkeypatch.setattr(scaling.workers_lib, "run",
+                      lambda parts, log_dir, n: calls.append(("parallel", parts, log_dir, n)))
+  monkeypatch.setattr(scaling, "run_cells", lambda c, wd, cache=None: calls.append(
+      ("cells", c.scaling.teachers)) or [])
+  monkeypatch.setattr(scaling, "write", lambda wd, out: None)
+  scaling.run(config, str(tmp_path))
+  (_, parts, log_dir, n), last = calls
+  assert n == config.scaling.workers == 2 and log_dir == str(tmp_path / "logs")
+  assert [p.name for p in parts] == [f"teacher_{t}" for t in config.scaling.teachers]
+  for p, t in zip(parts, config.scaling.teachers):
+    c, wd, _ = p.args
+    assert p.target is scaling.run_cells and wd == str(tmp_path)
+    assert c.scaling.teachers == (t,) and c.scaling.workers == 1
+    assert c.scaling.students == config.scaling.students
+  assert last == ("cells", config.scaling.teachers)  # the whole grid, read back in-process
+
+
 @pytest.mark.slow
 @pytest.mark.smoke_any_worker
 def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):

@@ -5,7 +5,8 @@ Each (teacher, student) pair is a cell, `workdir/t<teacher>_s<student>/`, run by
 depend on the pair is made once and copied into later cells before they start: the world and
 tokenizer (every cell), the pretrained and SFT'd teacher with its TGO and test evaluation
 (cells of the same teacher), the pretrained student (cells of the same student). A shape is
-written `<d_model>x<n_layers>x<d_ff>` (4 heads, 2 KV heads).
+written `<d_model>x<n_layers>x<d_ff>` (4 heads, 2 KV heads). With `config.scaling.workers` > 1,
+each teacher's cells run in a process of their own (`pipeline.workers`), side by side.
 
 Products: `scaling.json`, `scaling.md` and `scaling.png` (test EM against student
 parameters and against student training FLOPs, one line per method and teacher; the
@@ -28,6 +29,7 @@ import numpy as np
 from dgpo_jax.data import lm_data
 from dgpo_jax.pipeline import prepare, stages
 from dgpo_jax.pipeline import tables as tables_lib
+from dgpo_jax.pipeline import workers as workers_lib
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import log
@@ -72,18 +74,51 @@ def _cell_config(config, teacher, student):
 
 
 def run(config, workdir) -> dict:
-  """Runs the grid of `config.scaling`; resumable. Returns the summary (scaling.json)."""
+  """Runs the grid of `config.scaling`; resumable. Returns the summary (scaling.json).
+
+  With `config.scaling.workers` > 1 each teacher's cells first run in a process of their
+  own (`pipeline.workers`), which makes its own world and pretrained students (the same
+  data and weights: they depend on the seed only; a tokenizer records its own path) instead
+  of copying them from another teacher's cells; the pass over the grid here then finds every run done and reads it back."""
   if "world" not in config or "scaling" not in config:
     fail("the scaling command runs on configs/synthetic.py:scaling (or :scaling_smoke)")
   sc = config.scaling
-  grid = [(t, s) for t in sc.teachers for s in sc.students]
-  for t, s in grid:
+  for t, s in [(t, s) for t in sc.teachers for s in sc.students]:
     parse_shape(t, "teachers"), parse_shape(s, "students")
   bad = [m for m in sc.methods if m not in stages.METHODS]
   if bad:
     fail(f"config.scaling.methods: unknown {bad} (known: {', '.join(stages.METHODS)})")
+  t0 = time.time()
+  workers = int(sc.get("workers", 1))
+  if workers > 1 and len(sc.teachers) > 1:
+    parts = [workers_lib.Part(f"teacher_{t}", run_cells, (_narrowed(config, t), workdir,
+                                                          cli.default_xla_cache()))
+             for t in sc.teachers]
+    workers_lib.run(parts, os.path.join(workdir, "logs"), workers)
+  cells = run_cells(config, workdir)
+  out = {"grid": {k: list(sc[k]) for k in ("teachers", "students", "methods", "seeds")},
+         "cells": cells, "wall_s": round(time.time() - t0, 1)}
+  write(workdir, out)
+  return out
+
+
+def _narrowed(config, teacher: str):
+  """`config` with the grid narrowed to one teacher, in one process."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.scaling.teachers, c.scaling.workers = (teacher,), 1
+  return c
+
+
+def run_cells(config, workdir, xla_cache: Optional[str] = None) -> list:
+  """Runs (or reads back) every cell of `config.scaling`, one after another; returns each
+  cell's summary. `xla_cache`: the compilation cache to turn on (a worker process)."""
+  if xla_cache is not None:
+    cli.compilation_cache(xla_cache)
+  sc = config.scaling
+  grid = [(t, s) for t in sc.teachers for s in sc.students]
   runs = tuple((m, "") for m in sc.methods)
-  t0, done, cells = time.time(), [], []
+  done, cells = [], []
   for i, (t, s) in enumerate(grid):
     log(f"[scaling] cell {i + 1}/{len(grid)}: teacher {t}, student {s}")
     _seed_cell(workdir, t, s, done)
@@ -91,10 +126,7 @@ def run(config, workdir) -> dict:
     tab = tables_lib.run(c, cell_dir(workdir, t, s), list(sc.seeds), runs)
     cells.append(summarize_cell(c, cell_dir(workdir, t, s), t, s, tab, runs))
     done.append((t, s))
-  out = {"grid": {k: list(v) for k, v in sc.items()}, "cells": cells,
-         "wall_s": round(time.time() - t0, 1)}
-  write(workdir, out)
-  return out
+  return cells
 
 
 def _params(config, shared: str) -> dict:

@@ -60,6 +60,12 @@ def reset():
   _state.update(flag=False, signals=0, calls=0, previous=None)
 
 
+def pending() -> bool:
+  """This process's own stop request (no collective): for a parent that only waits on its
+  child processes (`pipeline.workers`)."""
+  return _state["flag"]
+
+
 def requested() -> bool:
   """True when this step is where every process stops. Collective with several processes:
   call it at the same point of the same loop on every process."""
