@@ -21,7 +21,8 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
       # (21 min); the 39 runs take about 7.7 process-hours on 2 cores (docs/results.md, which
       # ran them as --seeds / --runs parts of one workdir, two processes side by side)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
-      # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets (docs/scaling.md)
+      # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets, one process
+      # per teacher: about 8 h on 2 CPU cores, estimated from its pieces (docs/scaling.md)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_gpu --workdir=/tmp/dgpo_scg
       # a larger grid for a GPU: students to 1.8M params, teachers to 20M, 3 seeds (not run)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_smoke --workdir=/tmp/dgpo_sc

@@ -91,7 +91,9 @@ def run(parts, log_dir: str, workers: int, every_s: float = 60.0):
 
 
 def _check(codes: dict, logs: dict, forwarded: bool):
-  bad = {n: c for n, c in codes.items() if c not in (0, preemption.EXIT_CODE)}
+  # a part that got the SIGTERM before its handler was installed died of it: stopped too
+  stopped = (0, preemption.EXIT_CODE) + ((-signal.SIGTERM,) if forwarded else ())
+  bad = {n: c for n, c in codes.items() if c not in stopped}
   if bad:
     n, c = next(iter(bad.items()))
     tail = "\n  ".join(last_lines(logs[n], 12))
