@@ -4,9 +4,9 @@
 
 Runs the grid of `config.scaling` (teachers, students, methods, seeds) cell by cell, sharing
 the world, each teacher and each pretrained student across cells (dgpo_jax/pipeline/scaling.py),
-each teacher's cells in a process of their own when `config.scaling.workers` > 1 (their logs in
-workdir/logs), then writes scaling.json, scaling.md and scaling.png in the workdir. Rerun the same command
-to resume. `configs/synthetic.py:scaling_smoke` runs the same code on a tiny grid.
+each teacher's cells in a process of their own when `config.scaling.workers` > 1 (their logs
+in workdir/logs), then writes scaling.json, scaling.md and scaling.png in the workdir. Rerun
+the same command to resume. `configs/synthetic.py:scaling_smoke` runs the same code on a tiny grid.
 """
 
 from absl import app, flags

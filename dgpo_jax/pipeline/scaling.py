@@ -79,11 +79,12 @@ def run(config, workdir) -> dict:
   With `config.scaling.workers` > 1 each teacher's cells first run in a process of their
   own (`pipeline.workers`), which makes its own world and pretrained students (the same
   data and weights: they depend on the seed only; a tokenizer records its own path) instead
-  of copying them from another teacher's cells; the pass over the grid here then finds every run done and reads it back."""
+  of copying them from another teacher's cells; the pass over the grid here then finds
+  every run done and reads it back."""
   if "world" not in config or "scaling" not in config:
     fail("the scaling command runs on configs/synthetic.py:scaling (or :scaling_smoke)")
   sc = config.scaling
-  for t, s in [(t, s) for t in sc.teachers for s in sc.students]:
+  for t, s in _grid(sc):
     parse_shape(t, "teachers"), parse_shape(s, "students")
   bad = [m for m in sc.methods if m not in stages.METHODS]
   if bad:
@@ -102,6 +103,11 @@ def run(config, workdir) -> dict:
   return out
 
 
+def _grid(sc) -> list:
+  """The (teacher, student) cells of `config.scaling`, in run order."""
+  return [(t, s) for t in sc.teachers for s in sc.students]
+
+
 def _narrowed(config, teacher: str):
   """`config` with the grid narrowed to one teacher, in one process."""
   c = copy.deepcopy(config)
@@ -116,7 +122,7 @@ def run_cells(config, workdir, xla_cache: Optional[str] = None) -> list:
   if xla_cache is not None:
     cli.compilation_cache(xla_cache)
   sc = config.scaling
-  grid = [(t, s) for t in sc.teachers for s in sc.students]
+  grid = _grid(sc)
   runs = tuple((m, "") for m in sc.methods)
   done, cells = [], []
   for i, (t, s) in enumerate(grid):
