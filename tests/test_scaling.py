@@ -95,3 +95,16 @@ def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):
   r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert r2.returncode == 0, r2.stderr[-3000:]
   assert json.load(open(os.path.join(wd, "scaling.json")))["cells"] == out["cells"]
+  # benchmarks.generalization reads each cell's KD student back, on both splits
+  gen = os.path.join(wd, "generalization.json")
+  r3 = subprocess.run([sys.executable, "-m", "benchmarks.generalization", f"--workdir={wd}",
+                       "--variant=scaling_smoke", "--questions=4", f"--out={gen}"],
+                      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert r3.returncode == 0, r3.stderr[-3000:]
+  cells = json.load(open(gen))["cells"]
+  assert [(c["teacher"], c["student"]) for c in cells] == [(grid.teachers[0], s)
+                                                           for s in grid.students]
+  for c in cells:
+    assert "kd-ce_fkl-lam1" in os.path.basename(c["checkpoint"])
+    for split in ("train", "test"):
+      assert c[split]["n"] == 4 and 0.0 <= c[split]["em"] <= 1.0
