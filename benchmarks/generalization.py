@@ -70,6 +70,7 @@ def query_figures(rows: list, trajs: list) -> dict:
 
 def evaluate_cell(teacher: str, student: str, seed_dir: str, stage: str, seed: int, n: int,
                   variant: str = "") -> dict:
+  """One cell's student of `stage` on the first `n` questions of each split, greedy."""
   from configs import synthetic
   from dgpo_jax.data import qa
   from dgpo_jax.eval import evaluate as evaluation
@@ -113,17 +114,20 @@ def markdown(rows: list) -> str:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--workdir", required=True, help="a `python -m dgpo_jax.scaling` workdir")
   ap.add_argument("--variant", default="", help="configs/synthetic.py's variant the grid ran "
                   "with (scaling_smoke for the smoke grid; the default's rollout otherwise)")
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--stage", default="kd-ce_fkl-lam1-correct-allq-t0")
-  ap.add_argument("--questions", type=int, default=300)
-  ap.add_argument("--only", default="")
-  ap.add_argument("--out", default="")
-  ap.add_argument("--md", default="")
+  ap.add_argument("--stage", default="kd-ce_fkl-lam1-correct-allq-t0",
+                  help="checkpoint stage name, or the unique prefix of one")
+  ap.add_argument("--questions", type=int, default=300, help="first N of each split")
+  ap.add_argument("--only", default="", help="regular expression on the cells' directory names")
+  ap.add_argument("--out", default="", help="JSON output file")
+  ap.add_argument("--md", default="", help="markdown table output file")
   a = ap.parse_args(argv)
   os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+  if not os.path.isdir(a.workdir):
+    sys.exit(f"--workdir={a.workdir}: no such directory")
   grid = [c for c in cells(a.workdir) if re.search(a.only, os.path.basename(c[2]))]
   if not grid:
     sys.exit(f"--workdir={a.workdir}: no cells t<teacher>_s<student>/ (a scaling workdir?)")
