@@ -98,7 +98,8 @@ def test_scaling_smoke_grid_writes_its_products(tmp_path, smoke_run):
   # benchmarks.generalization reads each cell's KD student back, on both splits
   gen = os.path.join(wd, "generalization.json")
   r3 = subprocess.run([sys.executable, "-m", "benchmarks.generalization", f"--workdir={wd}",
-                       "--variant=scaling_smoke", "--questions=4", f"--out={gen}"],
+                       "--variant=scaling_smoke", "--stage=kd-ce_fkl-lam1", "--questions=4",
+                       f"--out={gen}"],
                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert r3.returncode == 0, r3.stderr[-3000:]
   cells = json.load(open(gen))["cells"]
