@@ -8,50 +8,45 @@ split) and, besides EM and the evaluator's ARCap figures, two query figures per 
                            the question spells it (rows whose question contains that name);
   first_query_gold         the first search retrieves the first hop's gold passage.
 
-  python -m benchmarks.generalization --workdir=DIR [--variant=] [--seed=0] [--stage=STAGE] \
-      [--questions=300] [--only=REGEX] [--out=FILE] [--md=FILE]
+  python -m benchmarks.generalization --workdir=DIR [--variant=scaling] [--seed=0] \
+      [--method=dgpo] [--stage=kd] [--questions=300] [--only=REGEX] [--out=FILE] [--md=FILE]
 
-DIR is a `python -m dgpo_jax.scaling` workdir (cells `t<teacher>_s<student>/`). `--stage`
-names the checkpoint in each cell's seed workdir, or the unique prefix of its name (the
-default: the KD stage that DGPO and KD share; `kd-ce_fkl-lam0` is SFT→PPO's SFT; `rl-dgpo`).
-`--only` keeps the cells whose directory name matches a regular expression. One XLA:CPU
-thread; docs/scaling.md reads its output and gives its time.
+DIR is a `python -m dgpo_jax.scaling` workdir and `--variant` the configs/synthetic.py variant
+its grid ran with (`scaling_smoke` for the smoke grid): the variant's grid names the cells
+(`t<teacher>_s<student>/`; cells not run yet are skipped). `--method` and `--stage` (its `kd`
+or `rl` stage) name the checkpoint the way the pipeline names it for that cell and training
+seed: `--method=dgpo --stage=kd` (the default) is the KD stage DGPO and KD share,
+`--method=sft_ppo --stage=kd` SFT→PPO's SFT, `--stage=rl` the final RL student. `--only`
+keeps the cells whose directory name matches a regular expression. One XLA:CPU thread;
+docs/scaling.md reads its output and gives its time.
 """
 
 import argparse
-import glob
 import os
 import re
 import sys
 
 from benchmarks.common import emit
 
-_CELL = re.compile(r"^t(\d+x\d+x\d+)_s(\d+x\d+x\d+)$")
+
+def cells(config) -> list:
+  """[(teacher, student)] of a scaling config's grid, sorted by teacher then student size."""
+  from dgpo_jax.pipeline import scaling
+  size = lambda shape: tuple(map(int, shape.split("x")))
+  return sorted(scaling.grid(config.scaling), key=lambda c: (size(c[0]), size(c[1])))
 
 
-def cells(workdir: str) -> list:
-  """[(teacher, student, cell dir)] of a scaling workdir, sorted by teacher then student."""
-  out = []
-  for d in sorted(os.listdir(workdir)):
-    m = _CELL.match(d)
-    if m:
-      out.append((m.group(1), m.group(2), os.path.join(workdir, d)))
-  key = lambda c: (tuple(map(int, c[0].split("x"))), tuple(map(int, c[1].split("x"))))
-  return sorted(out, key=key)
-
-
-def stage_dir(seed_dir: str, stage: str, seed: int) -> str:
-  """`seed_dir`'s checkpoint of `stage`: that name (for seeds > 0 with its `-s<seed>` suffix),
-  else the one stage whose name starts with it."""
-  base = os.path.join(seed_dir, "checkpoints")
-  for name in (stage, f"{stage}-s{seed}"):
-    if os.path.isdir(os.path.join(base, name)):
-      return os.path.join(base, name)
-  found = sorted(glob.glob(os.path.join(base, stage + "*")))
-  if len(found) != 1:
-    sys.exit(f"{base}: no stage {stage!r}, and {len(found)} start with it "
-             f"({[os.path.basename(f) for f in found]}); give another --stage")
-  return found[0]
+def checkpoint_name(config, teacher: str, student: str, method: str, stage: str,
+                    seed: int) -> str:
+  """The checkpoint `method`'s run at `seed` trains in its `stage` ("kd" or "rl") in this
+  cell, named by the pipeline's own rule (`method.stage_names`)."""
+  from dgpo_jax.pipeline import method as method_lib
+  from dgpo_jax.pipeline import scaling, stages, tables
+  c = tables.run_config(scaling.cell_config(config, teacher, student), method, "", seed)
+  names = method_lib.stage_names(c, stages.plan(c))
+  if stage not in names:
+    sys.exit(f"--method={method} has no {stage} stage (it has: {', '.join(names)})")
+  return names[stage]
 
 
 def query_figures(rows: list, trajs: list) -> dict:
@@ -68,19 +63,20 @@ def query_figures(rows: list, trajs: list) -> dict:
           "first_query_gold": sum(gold) / len(gold) if gold else None}
 
 
-def evaluate_cell(teacher: str, student: str, seed_dir: str, stage: str, seed: int, n: int,
-                  variant: str = "") -> dict:
-  """One cell's student of `stage` on the first `n` questions of each split, greedy."""
-  from configs import synthetic
+def evaluate_cell(config, teacher: str, student: str, seed_dir: str, ckpt_name: str,
+                  n: int) -> dict:
+  """One cell's student of checkpoint `ckpt_name` on the first `n` questions of each split,
+  greedy."""
   from dgpo_jax.data import qa
   from dgpo_jax.eval import evaluate as evaluation
   from dgpo_jax.parallel import sharding
   from dgpo_jax.pipeline import evaluate_stage, scaling, setup
   from dgpo_jax.rollout.engine import RolloutConfig
-  config = synthetic.get_config(variant)
-  config.teacher.update(scaling.parse_shape(teacher, "teachers"))
-  config.student.update(scaling.parse_shape(student, "students"))
-  ckpt = stage_dir(seed_dir, stage, seed)
+  from dgpo_jax.train import loop
+  config = scaling.cell_config(config, teacher, student)
+  ckpt = loop.checkpoint_dir(seed_dir, ckpt_name)
+  if not os.path.isdir(ckpt):
+    sys.exit(f"{ckpt}: no such checkpoint (has this cell's run finished?)")
   mesh = sharding.make_mesh(config.mesh)
   model, run = evaluate_stage.load_checkpoint(config, ckpt, mesh, setup.rules(config), seed_dir)
   retriever = evaluate_stage.retriever_for(config, run)
@@ -115,36 +111,47 @@ def markdown(rows: list) -> str:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", required=True, help="a `python -m dgpo_jax.scaling` workdir")
-  ap.add_argument("--variant", default="", help="configs/synthetic.py's variant the grid ran "
-                  "with (scaling_smoke for the smoke grid; the default's rollout otherwise)")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--stage", default="kd-ce_fkl-lam1-correct-allq-t0",
-                  help="checkpoint stage name, or the unique prefix of one")
+  ap.add_argument("--variant", default="scaling", help="configs/synthetic.py's variant the "
+                  "grid ran with (scaling, or scaling_smoke for the smoke grid)")
+  ap.add_argument("--seed", type=int, default=0, help="the training seed whose runs to read")
+  ap.add_argument("--method", default="dgpo", help="the method whose stage to evaluate")
+  ap.add_argument("--stage", default="kd", choices=("kd", "rl"), help="that method's stage")
   ap.add_argument("--questions", type=int, default=300, help="first N of each split")
   ap.add_argument("--only", default="", help="regular expression on the cells' directory names")
   ap.add_argument("--out", default="", help="JSON output file")
   ap.add_argument("--md", default="", help="markdown table output file")
   a = ap.parse_args(argv)
   os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+  from configs import synthetic
+  from dgpo_jax.pipeline import scaling, stages, tables
   if not os.path.isdir(a.workdir):
     sys.exit(f"--workdir={a.workdir}: no such directory")
-  grid = [c for c in cells(a.workdir) if re.search(a.only, os.path.basename(c[2]))]
-  if not grid:
-    sys.exit(f"--workdir={a.workdir}: no cells t<teacher>_s<student>/ (a scaling workdir?)")
+  config = synthetic.get_config(a.variant)
+  if "scaling" not in config:
+    sys.exit(f"--variant={a.variant}: not a scaling grid (scaling, scaling_smoke, scaling_gpu)")
+  if a.method not in stages.METHODS:
+    sys.exit(f"--method={a.method}: unknown (known: {', '.join(stages.METHODS)})")
   rows = []
-  for teacher, student, cell in grid:
-    seed_dir = os.path.join(cell, f"seed{a.seed}")
-    if not os.path.isdir(seed_dir):
-      print(f"[generalization] {cell}: no seed{a.seed}/, skipped", flush=True)
+  for teacher, student in cells(config):
+    cell = scaling.cell_dir(a.workdir, teacher, student)
+    seed_dir = tables.seed_dir(cell, a.seed)
+    if not re.search(a.only, os.path.basename(cell)):
       continue
-    rows.append(evaluate_cell(teacher, student, seed_dir, a.stage, a.seed, a.questions,
-                              a.variant))
+    if not os.path.isdir(seed_dir):
+      print(f"[generalization] {seed_dir}: not run yet, skipped", flush=True)
+      continue
+    name = checkpoint_name(config, teacher, student, a.method, a.stage, a.seed)
+    rows.append(evaluate_cell(config, teacher, student, seed_dir, name, a.questions))
+  if not rows:
+    sys.exit(f"--workdir={a.workdir}: none of --variant={a.variant}'s cells has a "
+             f"seed{a.seed}/ run (a scaling workdir of that grid?)")
   md = markdown(rows)
   print(md)
   if a.md:
     with open(a.md, "w") as fh:
       fh.write(md)
-  emit({"workdir": os.path.abspath(a.workdir), "seed": a.seed, "stage": a.stage,
+  emit({"workdir": os.path.abspath(a.workdir), "seed": a.seed, "method": a.method,
+        "stage": a.stage,
         "questions": a.questions, "cells": rows}, a.out)
 
 

@@ -1,20 +1,32 @@
 """benchmarks.generalization's grid listing and query figures on hand-made rollouts."""
 
-import os
-
 import pytest
 
 from benchmarks import generalization
+from configs import synthetic
 from dgpo_jax.rollout.engine import Trajectory
 
 
-def test_cells_are_the_grid_in_size_order(tmp_path):
-  for d in ("t128x4x384_s96x3x288", "t96x3x288_s48x2x144", "t128x4x384_s48x2x144", "logs",
-            "t96x3x288_s32x1x96", "xla_cache"):
-    (tmp_path / d).mkdir()
-  got = [(t, s) for t, s, _ in generalization.cells(str(tmp_path))]
-  assert got == [("96x3x288", "32x1x96"), ("96x3x288", "48x2x144"),
-                 ("128x4x384", "48x2x144"), ("128x4x384", "96x3x288")]
+def test_cells_are_the_grid_in_size_order():
+  config = synthetic.get_config("scaling")
+  assert generalization.cells(config) == [(t, s) for t in ("96x3x288", "128x4x384")
+                                          for s in config.scaling.students]
+
+
+def test_checkpoint_names_are_the_pipelines_own():
+  config = synthetic.get_config("scaling")
+  name = lambda m, stage, seed=0: generalization.checkpoint_name(
+      config, "128x4x384", "96x3x288", m, stage, seed)
+  # dgpo and kd share their KD stage; SFT→PPO's is λ = 0; a second seed's is suffixed
+  assert name("dgpo", "kd") == name("kd", "kd") == "kd-ce_fkl-lam1-correct-allq-t0"
+  assert name("sft_ppo", "kd") == "kd-ce_fkl-lam0-correct-allq-t0"
+  assert name("dgpo", "kd", 1) == "kd-ce_fkl-lam1-correct-allq-t0-s1"
+  assert name("dgpo", "rl", 1) == "rl-dgpo-s1"
+  with pytest.raises(SystemExit, match="no rl stage"):
+    name("kd", "rl")
+  smoke = synthetic.get_config("scaling_smoke")  # its TGO keeps incorrect trajectories
+  assert generalization.checkpoint_name(smoke, "64x2x128", "16x1x32", "dgpo", "kd",
+                                        0) == "kd-ce_fkl-lam1-all-16q-t0"
 
 
 def _row(question, first, gold):
@@ -39,16 +51,3 @@ def test_query_figures_count_the_subject_in_the_first_query_and_its_gold_passage
   assert got["first_query_gold"] == pytest.approx(2 / 3)  # rows that searched: 1st and 4th
   none = generalization.query_figures([], [])
   assert none["first_query_has_subject"] is None and none["first_query_gold"] is None
-
-
-def test_stage_dir_takes_the_name_its_seed_suffix_or_a_unique_prefix(tmp_path):
-  for d in ("kd-ce_fkl-lam1-correct-allq-t0", "kd-ce_fkl-lam1-correct-allq-t0-after-rl-dgpo",
-            "kd-ce_fkl-lam0-correct-allq-t0-s1", "rl-dgpo"):
-    (tmp_path / "checkpoints" / d).mkdir(parents=True)
-  get = lambda stage, seed=0: os.path.basename(
-      generalization.stage_dir(str(tmp_path), stage, seed))
-  assert get("kd-ce_fkl-lam1-correct-allq-t0") == "kd-ce_fkl-lam1-correct-allq-t0"
-  assert get("kd-ce_fkl-lam0-correct-allq-t0", 1) == "kd-ce_fkl-lam0-correct-allq-t0-s1"
-  assert get("rl-") == "rl-dgpo"
-  with pytest.raises(SystemExit, match="3 start with it"):
-    get("kd")

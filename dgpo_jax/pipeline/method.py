@@ -288,6 +288,18 @@ def kd_name(config, stage: stages.KD, rl_before: str = "") -> str:
   return name + (f"-after-{rl_before}" if rl_before else seed_suffix(config))
 
 
+def stage_names(config, plan) -> dict:
+  """{"kd"/"rl": checkpoint name} of `plan`'s trained stages, as `_run_stages` names them (a
+  KD stage after an RL stage is named after it)."""
+  names = {}
+  for stage in plan:
+    if isinstance(stage, stages.KD):
+      names["kd"] = kd_name(config, stage, names.get("rl", ""))
+    elif not isinstance(stage, stages.TGO):
+      names["rl"] = rl_name(config)
+  return names
+
+
 def _run_stages(config, workdir, plan, student: Model, teacher, env: Environment, mesh,
                 evaluator):
   """Runs the stages in order. Returns ({"kd"/"rl": trained params}, KD validation
@@ -295,19 +307,18 @@ def _run_stages(config, workdir, plan, student: Model, teacher, env: Environment
   tok, retriever, train_q = env.tok, env.retriever, env.train_q
   dev_q = env.dev_q[:config.eval.val_questions]
   rules = prepare.setup.rules(config)
-  current, checkpoints, history, names, data = student.params, {}, {}, {}, None
+  current, checkpoints, history, data = student.params, {}, {}, None
+  names = stage_names(config, plan)
   for stage in plan:
     cur = Model(student.cfg, student.graphdef, current, student.shardings)
     if isinstance(stage, stages.TGO):
       data = teacher_trajectories(config, workdir, teacher, tok, retriever, train_q)
     elif isinstance(stage, stages.KD):
-      names["kd"] = kd_name(config, stage, names.get("rl", ""))
       current, history["kd"] = distill_stage(config, workdir, names["kd"], cur, teacher, data,
                                              stage.loss, stage.lam, mesh,
                                              evaluator(student, dev_q))
       checkpoints["kd"] = current
     else:  # RL or GKD
-      names["rl"] = rl_name(config)
       current, _ = run_rl(names["rl"], config, workdir, cur,
                           teacher if stage.kl_to_teacher else cur,
                           (tok, retriever, RolloutConfig.from_config(config)), train_q, mesh,

@@ -65,7 +65,7 @@ def _seed_cell(workdir, teacher, student, done):
                           + (STUDENT if s == student else ()))
 
 
-def _cell_config(config, teacher, student):
+def cell_config(config, teacher, student):
   c = copy.deepcopy(config)
   with c.unlocked():
     c.teacher.update(parse_shape(teacher, "teachers"))
@@ -84,7 +84,7 @@ def run(config, workdir) -> dict:
   if "world" not in config or "scaling" not in config:
     fail("the scaling command runs on configs/synthetic.py:scaling (or :scaling_smoke)")
   sc = config.scaling
-  for t, s in _grid(sc):
+  for t, s in grid(sc):
     parse_shape(t, "teachers"), parse_shape(s, "students")
   bad = [m for m in sc.methods if m not in stages.METHODS]
   if bad:
@@ -103,7 +103,7 @@ def run(config, workdir) -> dict:
   return out
 
 
-def _grid(sc) -> list:
+def grid(sc) -> list:
   """The (teacher, student) cells of `config.scaling`, in run order."""
   return [(t, s) for t in sc.teachers for s in sc.students]
 
@@ -122,13 +122,13 @@ def run_cells(config, workdir, xla_cache: Optional[str] = None) -> list:
   if xla_cache is not None:
     cli.compilation_cache(xla_cache)
   sc = config.scaling
-  grid = _grid(sc)
+  pairs = grid(sc)
   runs = tuple((m, "") for m in sc.methods)
   done, cells = [], []
-  for i, (t, s) in enumerate(grid):
-    log(f"[scaling] cell {i + 1}/{len(grid)}: teacher {t}, student {s}")
+  for i, (t, s) in enumerate(pairs):
+    log(f"[scaling] cell {i + 1}/{len(pairs)}: teacher {t}, student {s}")
     _seed_cell(workdir, t, s, done)
-    c = _cell_config(config, t, s)
+    c = cell_config(config, t, s)
     tab = tables_lib.run(c, cell_dir(workdir, t, s), list(sc.seeds), runs)
     cells.append(summarize_cell(c, cell_dir(workdir, t, s), t, s, tab, runs))
     done.append((t, s))
@@ -165,11 +165,11 @@ def summarize_cell(config, cell: str, teacher, student, tab: dict, runs) -> dict
     name = tables_lib.tag(m, a)
     tokens = []  # per seed
     for s in tab["seeds"]:
-      f = os.path.join(cell, "runs", f"seed{s}", name + ".json")
+      f = tables_lib.result_file(cell, s, m, a)
       if os.path.isfile(f):
         with open(f) as fh:
           res = json.load(fh)
-        tokens.append(train_tokens(os.path.join(cell, f"seed{s}"), res, config.ppo.epochs))
+        tokens.append(train_tokens(tables_lib.seed_dir(cell, s), res, config.ppo.epochs))
     known = tokens and None not in tokens
     methods[name] = {"em": tab["runs"][name]["em"],
                      "train_flops": 6 * n["student"] * float(np.mean(tokens)) if known else None}

@@ -61,7 +61,17 @@ def _variant(config, **fields):
   return c
 
 
-def _run_config(config, method, ablation, seed):
+def seed_dir(workdir, seed: int) -> str:
+  """The workdir of a training seed's runs (they share its KD stages)."""
+  return os.path.join(workdir, f"seed{seed}")
+
+
+def result_file(workdir, seed: int, method: str, ablation: str = "") -> str:
+  """Where a finished run's results are kept (a run with one is read back)."""
+  return os.path.join(workdir, "runs", f"seed{seed}", tag(method, ablation) + ".json")
+
+
+def run_config(config, method, ablation, seed):
   """One run's config: the method and training seed on the shared preparation's world."""
   return _variant(config, method=method, ablation=ablation, seed=seed,
                   world=dict(config.world.to_dict(), seed=prepare.world_seed(config)))
@@ -89,14 +99,14 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   done_n, t_runs = 0, time.time()
   results = {}
   for i, (seed, method, ablation) in enumerate(todo):
-    wd = os.path.join(workdir, f"seed{seed}")
-    out = os.path.join(workdir, "runs", f"seed{seed}", tag(method, ablation) + ".json")
+    wd = seed_dir(workdir, seed)
+    out = result_file(workdir, seed, method, ablation)
     if os.path.isfile(out):
       results[(seed, method, ablation)] = json.load(open(out))
       continue
     prepare.copy_prepared(shared, wd)
     _share_reference_evals(shared, wd)
-    c = _run_config(config, method, ablation, seed)
+    c = run_config(config, method, ablation, seed)
     res = method_lib.run(c, wd)
     _share_reference_evals(wd, shared)
     cli.write_json(out, res)
@@ -110,8 +120,8 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   tables["wall_s"] = round(time.time() - t0, 1)
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
-    files = [os.path.join(workdir, f"seed{s}",
-                          f"metrics_{method_lib.rl_name(_run_config(config, m, a, s))}.jsonl")
+    files = [os.path.join(seed_dir(workdir, s),
+                          f"metrics_{method_lib.rl_name(run_config(config, m, a, s))}.jsonl")
              for s in seeds]
     series = [cli.read_jsonl(f) for f in files if os.path.isfile(f)]
     if series:

@@ -49,10 +49,15 @@ def optimizer(fc: FitConfig):
                            fc.weight_decay, fc.grad_clip)
 
 
+def checkpoint_dir(workdir: str, name: str) -> str:
+  """Where a `fit` run named `name` keeps its checkpoints."""
+  return os.path.join(workdir, "checkpoints", name)
+
+
 def restore_or_init(name: str, workdir: str, shape, state_sh, init: Callable, keep: int, log):
   """(checkpointer, first step, state): the newest checkpoint of `workdir/checkpoints/<name>`
   placed with `state_sh`, or `init()` at step 0."""
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), keep=keep)
+  ckpt = Checkpointer(checkpoint_dir(workdir, name), keep=keep)
   restored = ckpt.restore(abstract_like(shape, state_sh))
   if restored is None:
     return ckpt, 0, init()
