@@ -126,6 +126,8 @@ def base() -> ml_collections.ConfigDict:
   c.kd.batch_size = 16
   c.kd.lr = 1e-5
   c.kd.warmup_steps = 10
+  # AdamW's decoupled decay in KD; the paper gives none, and its repo has no KD code
+  c.kd.weight_decay = 0.0
   c.kd.em_threshold = 0.0  # switch to RL once validation EM reaches it (0 = after the epochs)
   c.kd.skew_alpha = 0.1  # DistiLLM
   c.kd.jsd_beta = 0.5  # GKD

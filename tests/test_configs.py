@@ -81,3 +81,22 @@ def test_sweep_points_and_configs():
     sweep.get_config("studnet=x")
   with pytest.raises(ValueError, match="unknown method"):
     sweep_cli.points(["qwen2.5-0.5b"], ["qwen2.5-3b"], ["dpo"], ["0"])
+
+
+def test_kd_weight_decay_reaches_the_kd_optimizer():
+  import jax.numpy as jnp
+  from configs import synthetic
+  from dgpo_jax.pipeline import steps
+  from dgpo_jax.train import loop
+  c = synthetic.get_config()
+  assert c.kd.weight_decay == 0.0  # the default: plain Adam, as every recorded KD run
+  with c.unlocked():
+    c.kd.weight_decay = 0.1
+  fc = steps.kd_fit_config(c, steps_per_epoch=10, epochs=1)
+  assert fc.weight_decay == 0.1
+  tx = loop.optimizer(fc)
+  params = {"w": jnp.ones((3,))}
+  state = tx.init(params)
+  for _ in range(c.kd.warmup_steps + 1):  # past warmup, a zero gradient still shrinks w
+    upd, state = tx.update({"w": jnp.zeros((3,))}, state, params)
+  assert float(upd["w"][0]) < 0.0
