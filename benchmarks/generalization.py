@@ -126,7 +126,10 @@ def main(argv=None):
   from dgpo_jax.pipeline import scaling, stages, tables
   if not os.path.isdir(a.workdir):
     sys.exit(f"--workdir={a.workdir}: no such directory")
-  config = synthetic.get_config(a.variant)
+  try:
+    config = synthetic.get_config(a.variant)
+  except ValueError as e:
+    sys.exit(f"--variant={a.variant}: {e}")
   if "scaling" not in config:
     sys.exit(f"--variant={a.variant}: not a scaling grid (scaling, scaling_smoke, scaling_gpu)")
   if a.method not in stages.METHODS:
