@@ -36,13 +36,13 @@ def cells(config) -> list:
   return sorted(scaling.grid(config.scaling), key=lambda c: (size(c[0]), size(c[1])))
 
 
-def checkpoint_name(config, teacher: str, student: str, method: str, stage: str,
-                    seed: int) -> str:
-  """The checkpoint `method`'s run at `seed` trains in its `stage` ("kd" or "rl") in this
-  cell, named by the pipeline's own rule (`method.stage_names`)."""
+def checkpoint_name(cell_config, method: str, stage: str, seed: int) -> str:
+  """The checkpoint `method`'s run at `seed` trains in its `stage` ("kd" or "rl") in the cell
+  of `cell_config` (`scaling.cell_config`), named by the pipeline's own rule
+  (`method.stage_names`)."""
   from dgpo_jax.pipeline import method as method_lib
-  from dgpo_jax.pipeline import scaling, stages, tables
-  c = tables.run_config(scaling.cell_config(config, teacher, student), method, "", seed)
+  from dgpo_jax.pipeline import stages, tables
+  c = tables.run_config(cell_config, method, "", seed)
   names = method_lib.stage_names(c, stages.plan(c))
   if stage not in names:
     sys.exit(f"--method={method} has no {stage} stage (it has: {', '.join(names)})")
@@ -66,14 +66,13 @@ def query_figures(rows: list, trajs: list) -> dict:
 def evaluate_cell(config, teacher: str, student: str, seed_dir: str, ckpt_name: str,
                   n: int) -> dict:
   """One cell's student of checkpoint `ckpt_name` on the first `n` questions of each split,
-  greedy."""
+  greedy; `config` is the cell's (`scaling.cell_config`)."""
   from dgpo_jax.data import qa
   from dgpo_jax.eval import evaluate as evaluation
   from dgpo_jax.parallel import sharding
-  from dgpo_jax.pipeline import evaluate_stage, scaling, setup
+  from dgpo_jax.pipeline import evaluate_stage, setup
   from dgpo_jax.rollout.engine import RolloutConfig
   from dgpo_jax.train import loop
-  config = scaling.cell_config(config, teacher, student)
   ckpt = loop.checkpoint_dir(seed_dir, ckpt_name)
   if not os.path.isdir(ckpt):
     sys.exit(f"{ckpt}: no such checkpoint (has this cell's run finished?)")
@@ -137,14 +136,15 @@ def main(argv=None):
   rows = []
   for teacher, student in cells(config):
     cell = scaling.cell_dir(a.workdir, teacher, student)
-    seed_dir = tables.seed_dir(cell, a.seed)
     if not re.search(a.only, os.path.basename(cell)):
       continue
+    seed_dir = tables.seed_dir(cell, a.seed)
     if not os.path.isdir(seed_dir):
       print(f"[generalization] {seed_dir}: not run yet, skipped", flush=True)
       continue
-    name = checkpoint_name(config, teacher, student, a.method, a.stage, a.seed)
-    rows.append(evaluate_cell(config, teacher, student, seed_dir, name, a.questions))
+    c = scaling.cell_config(config, teacher, student)
+    name = checkpoint_name(c, a.method, a.stage, a.seed)
+    rows.append(evaluate_cell(c, teacher, student, seed_dir, name, a.questions))
   if not rows:
     sys.exit(f"--workdir={a.workdir}: none of --variant={a.variant}'s cells has a "
              f"seed{a.seed}/ run (a scaling workdir of that grid?)")

@@ -4,6 +4,7 @@ import pytest
 
 from benchmarks import generalization
 from configs import synthetic
+from dgpo_jax.pipeline import scaling
 from dgpo_jax.rollout.engine import Trajectory
 
 
@@ -14,9 +15,8 @@ def test_cells_are_the_grid_in_size_order():
 
 
 def test_checkpoint_names_are_the_pipelines_own():
-  config = synthetic.get_config("scaling")
-  name = lambda m, stage, seed=0: generalization.checkpoint_name(
-      config, "128x4x384", "96x3x288", m, stage, seed)
+  cell = scaling.cell_config(synthetic.get_config("scaling"), "128x4x384", "96x3x288")
+  name = lambda m, stage, seed=0: generalization.checkpoint_name(cell, m, stage, seed)
   # dgpo and kd share their KD stage; SFT→PPO's is λ = 0; a second seed's is suffixed
   assert name("dgpo", "kd") == name("kd", "kd") == "kd-ce_fkl-lam1-correct-allq-t0"
   assert name("sft_ppo", "kd") == "kd-ce_fkl-lam0-correct-allq-t0"
@@ -24,9 +24,9 @@ def test_checkpoint_names_are_the_pipelines_own():
   assert name("dgpo", "rl", 1) == "rl-dgpo-s1"
   with pytest.raises(SystemExit, match="no rl stage"):
     name("kd", "rl")
-  smoke = synthetic.get_config("scaling_smoke")  # its TGO keeps incorrect trajectories
-  assert generalization.checkpoint_name(smoke, "64x2x128", "16x1x32", "dgpo", "kd",
-                                        0) == "kd-ce_fkl-lam1-all-16q-t0"
+  # the smoke grid's TGO keeps incorrect trajectories
+  smoke = scaling.cell_config(synthetic.get_config("scaling_smoke"), "64x2x128", "16x1x32")
+  assert generalization.checkpoint_name(smoke, "dgpo", "kd", 0) == "kd-ce_fkl-lam1-all-16q-t0"
 
 
 def _row(question, first, gold):

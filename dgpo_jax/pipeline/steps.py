@@ -30,7 +30,7 @@ def kd_fit_config(config, steps_per_epoch: int, epochs: int) -> FitConfig:
   k, total = config.kd, config.kd.epochs * steps_per_epoch
   return FitConfig(steps=epochs * steps_per_epoch, schedule_steps=total, lr=k.lr,
                    warmup_steps=min(k.warmup_steps, total // 2),
-                   weight_decay=k.get("weight_decay", 0.0),
+                   weight_decay=k.weight_decay,
                    log_every=config.train.log_every, ckpt_every=steps_per_epoch,
                    keep_ckpts=config.train.keep_ckpts)
 
