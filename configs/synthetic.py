@@ -24,7 +24,8 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
       # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets, one process
       # per teacher: about 8 h on 2 CPU cores, estimated from its pieces (docs/scaling.md)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_gpu --workdir=/tmp/dgpo_scg
-      # a larger grid for a GPU: students to 1.8M params, teachers to 20M, 3 seeds (not run)
+      # a larger grid for a GPU: students to 1.8M params, teachers to 20M, 3 seeds; a 15-min
+      # H200 lease ran only the start of its first cell (docs/scaling.md)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_smoke --workdir=/tmp/dgpo_sc
       # the same code on two smoke-sized students of one teacher (docs/scaling.md)
   python -m dgpo_jax.main --config=configs/synthetic.py:lm --workdir=/tmp/dgpo_lm
