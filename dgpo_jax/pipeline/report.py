@@ -6,6 +6,7 @@ import os
 
 from dgpo_jax.eval import stats
 from dgpo_jax.eval.metrics import exact_match
+from dgpo_jax.train import loop
 from dgpo_jax.utils import cli
 
 FAMILIES = ("single_hop", "bridge", "comparison", "three_hop")
@@ -69,7 +70,7 @@ def write(workdir, config, results, history, samples):
         f"| {h['epoch']} | {h['step']} | {h['em']:.3f} | {h.get('loss', float('nan')):.4f} |\n"
         for h in history["kd"]))
   rl_name = results.get("stages", {}).get("rl")
-  rl_metrics = os.path.join(workdir, f"metrics_{rl_name}.jsonl")
+  rl_metrics = loop.metrics_file(workdir, rl_name)
   if rl_name and os.path.isfile(rl_metrics):
     rows = cli.read_jsonl(rl_metrics)
     parts.append("\n## RL (first and last steps)\n\n")

@@ -30,6 +30,7 @@ from dgpo_jax.data import lm_data
 from dgpo_jax.pipeline import prepare, stages
 from dgpo_jax.pipeline import tables as tables_lib
 from dgpo_jax.pipeline import workers as workers_lib
+from dgpo_jax.train import loop
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import log
@@ -147,7 +148,7 @@ def train_tokens(seed_dir: str, results: dict, ppo_epochs: int) -> Optional[floa
   rather than an undercount."""
   total = 0.0
   for kind, name in results.get("stages", {}).items():
-    f = os.path.join(seed_dir, f"metrics_{name}.jsonl")
+    f = loop.metrics_file(seed_dir, name)
     if kind in ("kd", "rl") and os.path.isfile(f):
       rows = cli.read_jsonl(f)
       if any("tokens_seen" not in r for r in rows):

@@ -24,6 +24,7 @@ import numpy as np
 from dgpo_jax.pipeline import method as method_lib
 from dgpo_jax.pipeline import prepare, stages
 from dgpo_jax.pipeline.report import FAMILIES
+from dgpo_jax.train import loop
 from dgpo_jax.utils import cli
 from dgpo_jax.utils.errors import fail
 from dgpo_jax.utils.progress import log
@@ -120,9 +121,8 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
   tables["wall_s"] = round(time.time() - t0, 1)
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
-    files = [os.path.join(seed_dir(workdir, s),
-                          f"metrics_{method_lib.rl_name(run_config(config, m, a, s))}.jsonl")
-             for s in seeds]
+    files = [loop.metrics_file(seed_dir(workdir, s),
+                               method_lib.rl_name(run_config(config, m, a, s))) for s in seeds]
     series = [cli.read_jsonl(f) for f in files if os.path.isfile(f)]
     if series:
       curves[tag(m, a)] = series

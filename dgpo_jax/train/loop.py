@@ -21,6 +21,7 @@ from dgpo_jax.train.step import Model, place, train_update
 from dgpo_jax.utils import preemption
 from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
 from dgpo_jax.utils.errors import fail
+from dgpo_jax.utils import progress
 from dgpo_jax.utils.progress import MetricsWriter, Progress
 
 
@@ -54,6 +55,16 @@ def checkpoint_dir(workdir: str, name: str) -> str:
   return os.path.join(workdir, "checkpoints", name)
 
 
+def metrics_name(name: str) -> str:
+  """The `MetricsWriter` name of a `fit` or RL run named `name`."""
+  return f"metrics_{name}"
+
+
+def metrics_file(workdir: str, name: str) -> str:
+  """The JSONL metrics rows of a `fit` or RL run named `name`."""
+  return progress.metrics_path(workdir, metrics_name(name))
+
+
 def restore_or_init(name: str, workdir: str, shape, state_sh, init: Callable, keep: int, log):
   """(checkpointer, first step, state): the newest checkpoint of `workdir/checkpoints/<name>`
   placed with `state_sh`, or `init()` at step 0."""
@@ -78,7 +89,7 @@ def run_loop(name: str, workdir: str, ckpt: Checkpointer, state, start: int, fc:
   checkpoints every `fc.ckpt_every` and at the end. On a preemption request the step in
   progress finishes, is saved, and the process exits. Returns (state, last metrics row).
   """
-  metrics = MetricsWriter(workdir, name=f"metrics_{name}", enabled=jax.process_index() == 0)
+  metrics = MetricsWriter(workdir, name=metrics_name(name), enabled=jax.process_index() == 0)
   prog = Progress(name, fc.steps, start=start)
   last, bad, t_last, tokens = {}, 0, time.time(), 0.0
   for step in range(start, fc.steps):

@@ -44,6 +44,11 @@ class Progress:
           f"ETA {eta}  {extra}".rstrip(), file=self.stream, flush=True)
 
 
+def metrics_path(workdir: str, name: str) -> str:
+  """Where `MetricsWriter(workdir, name)` appends its rows."""
+  return os.path.join(workdir, f"{name}.jsonl")
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `<workdir>/<name>.jsonl` and the same scalars to a
   TensorBoard event file under `<workdir>/tensorboard/<name>` (process 0 only)."""
@@ -51,7 +56,7 @@ class MetricsWriter:
   def __init__(self, workdir: str, name: str = "metrics", enabled: bool = True,
                tensorboard: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, f"{name}.jsonl")
+    self.path = metrics_path(workdir, name)
     self.tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
