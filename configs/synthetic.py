@@ -153,6 +153,10 @@ def get_config(arg: str = ""):
       c.scaling.update(teachers=("256x6x768", "512x8x1536"),
                        students=("32x1x96", "64x2x192", "128x4x384", "192x4x576"),
                        seeds=(0, 1, 2), workers=1)  # one process owns the one GPU
+      # SFT / KD batch widths in steps of 512: seed 0's demonstrations then take 2 widths
+      # instead of 7. On an H200 each width cost 30-40 s of compilation and a step about
+      # 10 ms (docs/scaling.md); the saving there has not been measured yet.
+      c.data.width_multiple = 512
     if arg == "scaling_smoke":  # the same code on the smoke world: 1 teacher × 2 students,
       # dgpo and kd (which share the KD stage), 1 seed
       c = get_config("smoke")

@@ -61,3 +61,29 @@ def test_loss_positions_list_the_counted_targets_one_shape_per_width():
   assert idx.tolist() == [[2, 3, 4, -1], [0, 7, -1, -1]]
   with pytest.raises(DgpoError, match="row 0 has 3 loss positions, more than K=2"):
     lm_data.loss_positions(loss[:1], 2)
+
+
+def test_masked_batches_width_multiple_trades_widths_for_padding_and_keeps_every_target():
+  """`data.width_multiple`: a coarser multiple cuts batches to fewer widths (fewer compiled
+  steps) and loses no loss position: each row's targets are the same at any multiple."""
+  rng = np.random.default_rng(0)
+  n, t = 64, 400
+  tokens = rng.integers(3, 100, (n, t)).astype(np.int32)
+  lengths = rng.integers(30, t, n)
+  mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
+  gen = (rng.random(tokens.shape) < 0.3).astype(np.int32) * mask
+  gen[:, 0] = 0
+  widths, targets = {}, {}
+  for m in (64, 256):
+    b = lm_data.masked_batches(tokens, mask, gen, 8, 5, multiple=m)
+    widths[m] = {b(s)["tokens"].shape[1] for s in range(24)}
+    targets[m] = {}
+    for s in range(8):  # one epoch: every row once
+      x = b(s)
+      for r in range(x["tokens"].shape[0]):  # a row is known by its first tokens
+        key = x["tokens"][r, :lengths.min()].tobytes()
+        pos = x["loss_idx"][r]
+        targets[m][key] = tuple(x["tokens"][r, 1:][pos[pos >= 0]])
+  assert all(w % 256 == 0 or w == t for w in widths[256])
+  assert len(widths[256]) < len(widths[64])
+  assert targets[256] == targets[64] and len(targets[64]) == n

@@ -125,7 +125,8 @@ def _grouped_order(lengths_bytes, n, batch_size, epoch, seed, group):
 
 
 def masked_batches(tokens: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray,
-                   batch_size: int, seed: int, per_position: Optional[dict] = None):
+                   batch_size: int, seed: int, per_position: Optional[dict] = None,
+                   multiple: int = 64):
   """`step -> batch` over a set of [N, T+1] rows trained on masked targets (SFT, KD): rows
   grouped by length and cut to their batch width (`length_grouped_batch`), the loss positions
   listed as `loss_idx` with one count per width (`loss_caps`, `loss_positions`).
@@ -133,16 +134,18 @@ def masked_batches(tokens: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray,
   per_position: {field: [N, K, ...]} arrays whose [r, k] belongs to row r's k-th loss
   position (e.g. a frozen teacher's hidden states there, `pipeline.method.teacher_states`);
   each batch carries them cut to its `loss_idx` columns. K must cover `loss_caps`' largest.
+  multiple: batch widths are the longest row rounded up to it (fewer widths, fewer compiled
+  shapes, more padding).
   """
   lengths = np.asarray(mask).sum(1)
-  caps = loss_caps(lengths, loss_mask)
+  caps = loss_caps(lengths, loss_mask, multiple)
   for name, a in (per_position or {}).items():
     if a.shape[0] != len(lengths) or a.shape[1] < max(caps.values()):
       fail(f"masked_batches: per-position field {name!r} has shape {a.shape}, expected "
            f"[{len(lengths)}, >= {max(caps.values())}, ...]")
 
   def batch(step):
-    idx, w = length_grouped_batch(lengths, batch_size, step, seed)
+    idx, w = length_grouped_batch(lengths, batch_size, step, seed, multiple)
     lm = loss_mask[idx, :w]
     out = {"tokens": tokens[idx, :w], "mask": mask[idx, :w], "loss_mask": lm,
            "loss_idx": loss_positions(lm, caps[w])}

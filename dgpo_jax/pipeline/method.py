@@ -147,10 +147,11 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
 
   @functools.cache
   def rows():  # made at the first step trained: a finished stage, read back, needs no cache
-    cached = ({"teacher_h": teacher_cache(teacher, data, bs, mesh)}
+    wm = config.data.width_multiple
+    cached = ({"teacher_h": teacher_cache(teacher, data, bs, mesh, wm)}
               if k.get("cache_teacher", False) else None)
     return lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs,
-                                  config.seed + 23, per_position=cached)
+                                  config.seed + 23, per_position=cached, multiple=wm)
   batch_fn = lambda step: dict(rows()(step), step=np.full((bs,), step, np.int32))
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
@@ -173,14 +174,14 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   return params, history
 
 
-def teacher_cache(teacher: Model, data, rows: int, mesh) -> np.ndarray:
+def teacher_cache(teacher: Model, data, rows: int, mesh, multiple: int = 64) -> np.ndarray:
   """The teacher's final hidden states at every trajectory's loss positions, [N, K, D]
   float32 in `lm_data.loss_positions` order: one forward of the frozen teacher over the set
   instead of one per KD step (`kd.cache_teacher`; N·K·D floats of host memory). Rows go in
   length order, `rows` at a time, at the widths `masked_batches` cuts them to."""
   tokens, mask, gen = data["tokens"], data["mask"], data["gen"]
   lengths = mask.sum(1)
-  caps = lm_data.loss_caps(lengths, gen)
+  caps = lm_data.loss_caps(lengths, gen, multiple)
   out = np.zeros((len(tokens), max(caps.values()), teacher.cfg.d_model), np.float32)
   fn = jax.jit(lambda p, t, v, i: distill.teacher_states(teacher.graphdef, p, t, v, i),
                out_shardings=sharding.replicated(mesh))  # every process reads it whole

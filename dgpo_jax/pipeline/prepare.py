@@ -156,7 +156,8 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
   reads them back). Returns (params, last metrics with "steps").
   """
   p = config.prep
-  sft_batch = lm_data.masked_batches(*sft, p.batch_size, ws + 7)
+  sft_batch = lm_data.masked_batches(*sft, p.batch_size, ws + 7,
+                                     multiple=config.data.width_multiple)
   target = p.get("sft_target_em", 0.0)
   ends = [p.sft_steps]
   if target > 0:
