@@ -18,10 +18,9 @@ import numpy as np
 
 from dgpo_jax.train import lm
 from dgpo_jax.train.step import Model, place, train_update
-from dgpo_jax.utils import preemption
+from dgpo_jax.utils import preemption, progress
 from dgpo_jax.utils.checkpoint import Checkpointer, abstract_like
 from dgpo_jax.utils.errors import fail
-from dgpo_jax.utils import progress
 from dgpo_jax.utils.progress import MetricsWriter, Progress
 
 
