@@ -1,4 +1,4 @@
-"""benchmarks.log_phases: phases of a timestamped progress log."""
+"""benchmarks.log_phases and benchmarks.batch_widths: the GPU run's timing tools."""
 
 import pytest
 
@@ -33,3 +33,24 @@ def test_a_log_without_stamped_tags_is_a_clear_error(tmp_path, monkeypatch, caps
   monkeypatch.setattr("sys.argv", ["log_phases", str(f)])
   with pytest.raises(SystemExit, match="no `HH:MM:SS"):
     log_phases.main()
+
+
+def test_batch_widths_are_the_sft_batches_widths_with_their_first_step():
+  """benchmarks.batch_widths: the widths the pipeline's own SFT batches take, first step each;
+  a coarser `data.width_multiple` gives fewer."""
+  import numpy as np
+  from benchmarks import batch_widths
+  from configs import synthetic
+  rng = np.random.default_rng(0)
+  n, t = 64, 400
+  lengths = rng.integers(30, t, n)
+  mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
+  sft = (rng.integers(3, 100, (n, t)).astype(np.int32), mask, mask.copy())
+  got = {}
+  for m in (64, 256):
+    c = synthetic.get_config("")
+    with c.unlocked():
+      c.data.width_multiple = m
+    got[m] = batch_widths.widths(c, sft, 40)
+    assert min(got[m].values()) == 0 and all(w % m == 0 or w == t for w in got[m])
+  assert len(got[256]) < len(got[64])

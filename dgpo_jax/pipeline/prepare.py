@@ -145,6 +145,13 @@ def lm_documents(config, world_dir, tok, ws) -> list:
   return [docs[i] for i in np.random.default_rng(ws).permutation(len(docs))]
 
 
+def sft_batches(config, sft, ws):
+  """`step -> batch` of the teacher's SFT over the demonstrations `sft` (tokens, mask,
+  loss mask) of world seed `ws`."""
+  return lm_data.masked_batches(*sft, config.prep.batch_size, ws + 7,
+                                multiple=config.data.width_multiple)
+
+
 def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, validate):
   """The teacher's SFT on the oracle demonstrations: the environment's teacher, not a method
   under test, so its checkpoint may be chosen on dev, as a trained teacher would be.
@@ -156,8 +163,7 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
   reads them back). Returns (params, last metrics with "steps").
   """
   p = config.prep
-  sft_batch = lm_data.masked_batches(*sft, p.batch_size, ws + 7,
-                                     multiple=config.data.width_multiple)
+  sft_batch = sft_batches(config, sft, ws)
   target = p.get("sft_target_em", 0.0)
   ends = [p.sft_steps]
   if target > 0:
