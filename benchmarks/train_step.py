@@ -36,8 +36,10 @@ VARIANTS = {"default": {}, "rolled": dict(scan_unroll=1), "one_block": dict(attn
             "neither": dict(attn_chunk=0, scan_unroll=1)}
 
 
-def _median_s(fn, repeats):
+def _median_s(fn, repeats, after_compile=None):
   jax.block_until_ready(fn())  # compile
+  if after_compile:
+    after_compile()
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
@@ -46,7 +48,7 @@ def _median_s(fn, repeats):
   return statistics.median(times)
 
 
-def step_time(cfg, width, repeats):
+def step_time(cfg, width, repeats, after_compile=None):
   mesh = sharding.make_mesh()
   gd, params, sh = sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh)
   tx = lm.make_optimizer(1e-3, 100, 10)
@@ -63,7 +65,7 @@ def step_time(cfg, width, repeats):
     box[0], m = update(box[0], batch, None)
     return m["loss"]
 
-  return _median_s(one, repeats)
+  return _median_s(one, repeats, after_compile)
 
 
 def mlp_times(width, repeats, d=128, f=384):

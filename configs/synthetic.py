@@ -42,7 +42,8 @@ def get_config(arg: str = ""):
   c.stage = "train"
   # One XLA:CPU thread per process: these tiny models' steps are op-overhead bound, and a
   # student update at 16 × 512 tokens takes 0.61 s instead of 1.05 s (the teacher's 1.44 s
-  # either way) on 2 cores; two runs side by side then each get a core (docs/synthetic.md).
+  # either way) on 2 cores (docs/synthetic.md). Whether two runs side by side then each get
+  # a core's arithmetic depends on the machine (benchmarks.cores, docs/benchmarks.md).
   c.xla_flags = "--xla_cpu_multi_thread_eigen=false"
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 2048
@@ -147,7 +148,8 @@ def get_config(arg: str = ""):
         students=("32x1x96", "48x2x144", "64x2x192", "96x3x288"),
         methods=("dgpo", "kd", "ppo", "sft_ppo"), seeds=(0, 1),
         # each teacher's cells in a process of their own, side by side: an XLA CPU process
-        # here uses one core (xla_flags above), and the CPU machines have 2
+        # here uses one thread (xla_flags above), and the CPU machines have 2 cores; whether
+        # two processes compute faster than one is the machine's (benchmarks.cores)
         workers=2))
     if arg == "scaling_gpu":  # students 0.07M-1.8M, teachers 4.2M and 20M, 3 seeds
       c.scaling.update(teachers=("256x6x768", "512x8x1536"),

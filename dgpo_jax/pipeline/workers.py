@@ -1,8 +1,9 @@
 """Independent parts of a grid run side by side, one spawned process each.
 
-An XLA CPU process of the synthetic configs computes on one core
-(`--xla_cpu_multi_thread_eigen=false`, configs/synthetic.py), so parts that share nothing use
-a machine of N cores N times better as N processes than one after another. Each part writes
+An XLA CPU process of the synthetic configs computes on one thread
+(`--xla_cpu_multi_thread_eigen=false`, configs/synthetic.py), so parts that share nothing can
+use a machine's N cores as N processes. Whether that is faster than one after another depends
+on the machine: `python -m benchmarks.cores` measures it (docs/benchmarks.md). Each part writes
 its output to its own log file; the parent prints every part's newest line every `every_s`
 seconds, passes a SIGTERM on to the parts (each checkpoints and stops with exit status 75),
 and when a part fails names it and shows its log's last lines.
