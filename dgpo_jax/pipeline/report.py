@@ -51,6 +51,19 @@ def em_table(rows: dict) -> str:
   return head + body
 
 
+def rl_em_change(rows) -> dict | None:
+  """The training-rollout EM of an RL stage's first vs last 10% of steps, from its metrics
+  rows (`stats.first_last_change`, resampling the rollout rows when the metrics record them),
+  with `steps` added; None with fewer than 2 steps."""
+  em_rows = [r for r in rows if "em" in r]
+  if len(em_rows) < 2:
+    return None
+  n = [r.get("rows") for r in em_rows]
+  c = stats.first_last_change([r["em"] for r in em_rows],
+                              rows=[int(x) for x in n] if all(n) else None)
+  return {**c, "steps": len(em_rows)}
+
+
 def write(workdir, config, results, history, samples):
   parts = [f"# dgpo-jax run: method `{results['method']}`"
            + (f", ablation `{results['ablation']}`" if results["ablation"] else "")
@@ -81,15 +94,12 @@ def write(workdir, config, results, history, samples):
     for r in (rows[:1] + rows[-1:]) if len(rows) > 1 else rows:
       parts.append(f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4g}"
                                                    for k in keys) + " |\n")
-    em_rows = [r for r in rows if "em" in r]
-    if len(em_rows) >= 2:
-      n = [r.get("rows") for r in em_rows]
-      c = stats.first_last_change([r["em"] for r in em_rows],
-                                  rows=[int(x) for x in n] if all(n) else None)
+    c = rl_em_change(rows)
+    if c:
       over = ("the rollout rows of those steps" if c["resampled"] == "rows" else
               "the steps' EMs (the metrics do not record rows per step)")
       parts.append(f"\nTraining-rollout EM, first {c['n_each']} vs last {c['n_each']} of "
-                   f"{len(em_rows)} steps: {c['first']:.3f} → {c['last']:.3f}, change "
+                   f"{c['steps']} steps: {c['first']:.3f} → {c['last']:.3f}, change "
                    f"{c['change']:+.3f} (95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
                    f"bootstrap over {over}).\n")
     val = [r for r in rows if "val_em" in r]
