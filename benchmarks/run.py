@@ -8,6 +8,7 @@ Runs each benchmark in its own process (so one's memory and compile caches canno
 another's), in this order, and records the machine (CPU count, memory, jax version and
 devices, copy bandwidth and matmul peak as the benchmarks measure them):
 
+  cores         what a second XLA process buys: two processes' arithmetic over one's
   decode        decode tokens/s and its share of the memory-bandwidth limit (batch 1 and 8)
   rollout       multi-turn rollout: KV-cache reuse vs re-prefill, generated tokens/s ratio
   fused_kl      fused vs naive KD loss: peak-memory and time ratios, numerical differences
@@ -31,7 +32,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ("decode", "rollout", "fused_kl", "ppo_update", "retrieval", "server_load", "synthetic")
+ORDER = ("cores", "decode", "rollout", "fused_kl", "ppo_update", "retrieval", "server_load", "synthetic")
 
 
 def machine() -> dict:
@@ -89,6 +90,11 @@ def rows(results: dict) -> list:
   """(benchmark, figure, value, target) rows for the table."""
   f = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
   out = []
+  c = results.get("cores", {})
+  out += [("cores", "f32 matmul, two processes together / one",
+           f(_get(c, "matmul_gflops", "two_processes_aggregate_over_one"), 2), ""),
+          ("cores", "teacher update, two processes together / one",
+           f(_get(c, "teacher_step_s", "two_processes_aggregate_over_one"), 2), "")]
   d = results.get("decode", {})
   out += [("decode", "batch-1 decode share of the bandwidth limit",
            f(_get(d, "dgpo_jax", "b1", "decode_share_of_bw_limit")), ""),
