@@ -15,7 +15,8 @@ assumption on the machine at hand, for
 
 each timed in one process alone and in two identical processes timed together once both have
 compiled (the aggregate is the sum of their rates), and the teacher step also in one process
-whose batch is split over two host devices (`--xla_force_host_platform_device_count=2`, mesh `data:-1`).
+whose batch is split over two host devices (`--xla_force_host_platform_device_count=2`, mesh
+`data:-1`).
 Run it on a quiet machine: anything else running takes from both.
 """
 
@@ -79,6 +80,8 @@ def _run(kind: str, processes: int, devices: int, repeats: int, width: int) -> l
                             env=env, cwd=ROOT) for _ in range(processes)]
   for p in procs:  # every worker compiled: only the timed loops overlap
     if p.stdout.readline().strip() != "ready":
+      for q in procs:  # the others would wait for their word forever
+        q.kill()
       raise SystemExit(f"benchmarks.cores: worker {kind} stopped before timing")
   for p in procs:
     p.stdin.write("go\n")

@@ -32,7 +32,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ("cores", "decode", "rollout", "fused_kl", "ppo_update", "retrieval", "server_load", "synthetic")
+ORDER = ("cores", "decode", "rollout", "fused_kl", "ppo_update", "retrieval", "server_load",
+         "synthetic")
 
 
 def machine() -> dict:
