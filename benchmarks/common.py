@@ -1,6 +1,7 @@
-"""Shared benchmark output."""
+"""Shared benchmark output and argument checks."""
 
 import json
+import sys
 
 
 def emit(result: dict, out: str | None):
@@ -10,3 +11,13 @@ def emit(result: dict, out: str | None):
   if out:
     with open(out, "w") as f:
       f.write(text)
+
+
+def pick(spec: str, flag: str, known, what: str = "runs") -> list:
+  """The names of a comma-separated `flag` value, in their order; exits with a one-line error
+  naming the flag and the unknown names when any is not in `known`."""
+  names = [x for x in spec.split(",") if x]
+  unknown = set(names) - set(known)
+  if unknown:
+    sys.exit(f"error: {flag}: unknown {what} {sorted(unknown)} (known: {', '.join(known)})")
+  return names

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.common import pick
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ("cores", "decode", "rollout", "fused_kl", "ppo_update", "retrieval", "server_load",
          "synthetic")
@@ -154,10 +156,7 @@ def main():
   ap.add_argument("--table", default=None)
   a = ap.parse_args()
   log = lambda msg: print(msg, file=sys.stderr, flush=True)
-  want = [b for b in a.only.split(",") if b]
-  unknown = set(want) - set(ORDER)
-  if unknown:
-    sys.exit(f"error: unknown benchmarks {sorted(unknown)} (known: {', '.join(ORDER)})")
+  want = pick(a.only, "--only", ORDER, what="benchmarks")
   torch = [f"--torch_python={a.torch_python}"] if a.torch_python else []
   extra = {"decode": torch, "retrieval": torch}
   results = {"machine": machine()}

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import emit
+from benchmarks.common import emit, pick
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET_S = {"smoke": 120, "first": 1200, "method": 300, "seed": 300, "tables": 5400}
@@ -57,10 +57,7 @@ def main():
   ap.add_argument("--set", action="append", default=[], help="a config override k=v, all runs")
   ap.add_argument("--out", default=None)
   a = ap.parse_args()
-  want = [x for x in a.only.split(",") if x]
-  unknown = set(want) - set(BUDGET_S)
-  if unknown:
-    sys.exit(f"error: --only: unknown runs {sorted(unknown)} (known: {', '.join(BUDGET_S)})")
+  want = pick(a.only, "--only", BUDGET_S)
   if os.path.isdir(a.workdir) and os.listdir(a.workdir):
     # a finished run there would be read back, and its time quoted as a run's from scratch
     sys.exit(f"error: --workdir: {a.workdir} is not empty; these times are of runs from "
