@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, pick
 from dgpo_jax.pipeline import report
 from dgpo_jax.train import loop
 from dgpo_jax.utils import cli
@@ -41,12 +41,13 @@ def summarize(results: dict, rows: list) -> dict:
   steps = [r for r in rows if "em" in r]
   if not steps:
     raise SystemExit("benchmarks.rl_budget: the RL metrics hold no training steps")
-  k = max(1, round(len(steps) * 0.1))
+  change = report.rl_em_change(rows)
+  k = change["n_each"] if change else 1  # the entropy over the same steps as the EM change
   ent = [r.get("entropy", float("nan")) for r in steps]
   minutes = (steps[-1]["time"] - steps[0]["time"] + steps[0].get("step_time_s", 0.0)) / 60
   return {
-      "test_em": {k_: round(v["em"], 4) for k_, v in results["test"].items()},
-      "training_em_first_last_10pct": report.rl_em_change(rows),
+      "test_em": {name: round(v["em"], 4) for name, v in results["test"].items()},
+      "training_em_first_last_10pct": change,
       "val_em": {str(r["step"]): r["val_em"] for r in rows if "val_em" in r},
       "entropy_first_last_10pct": [float(np.mean(ent[:k])), float(np.mean(ent[-k:]))],
       "rl_steps": len(steps),
@@ -89,10 +90,7 @@ def main():
   ap.add_argument("--set", action="append", default=[], help="a config override k=v")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
-  keys = [k for k in args.runs.split(",") if k]
-  unknown = set(keys) - set(RUNS)
-  if unknown:
-    sys.exit(f"error: --runs: unknown runs {sorted(unknown)} (known: {', '.join(RUNS)})")
+  keys = pick(args.runs, "--runs", RUNS)
   log = lambda m: print(m, file=sys.stderr, flush=True)
   out = {"benchmark": "rl_budget", "steps": args.steps, "val_every": args.val_every,
          "overrides": args.set, "runs": {k: run_one(k, args, log) for k in keys}}
