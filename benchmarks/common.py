@@ -1,5 +1,6 @@
 """Shared benchmark output and argument checks."""
 
+import argparse
 import json
 import sys
 
@@ -21,3 +22,13 @@ def pick(spec: str, flag: str, known, what: str = "runs") -> list:
   if unknown:
     sys.exit(f"error: {flag}: unknown {what} {sorted(unknown)} (known: {', '.join(known)})")
   return names
+
+
+def width_args(doc: str, widths: str) -> argparse.Namespace:
+  """The flags of the per-width step benchmarks (train_step, kd_step, attention): --widths
+  (comma-separated tokens per row, default `widths`), --repeats and --out."""
+  ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+  ap.add_argument("--widths", default=widths)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--out", default=None)
+  return ap.parse_args()

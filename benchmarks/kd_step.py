@@ -25,7 +25,6 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_multi_thread_eigen=false").strip()
 
-import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -33,7 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import emit  # noqa: E402
+from benchmarks.common import emit, width_args  # noqa: E402
 from benchmarks.train_step import _median_s  # noqa: E402
 from dgpo_jax.data import lm_data  # noqa: E402
 from dgpo_jax.models import config as model_config  # noqa: E402
@@ -91,11 +90,7 @@ def kd_call(config, student, teacher, mesh, data):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--widths", default="320,512,704")
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--out", default=None)
-  args = ap.parse_args()
+  args = width_args(__doc__, "320,512,704")
   cli.compilation_cache(tempfile.mkdtemp(prefix="kd_step_xla_"))
   mesh = sharding.make_mesh()
   student, teacher = model(mesh, 48, 2, 144, 0), model(mesh, 128, 4, 384, 1)

@@ -16,7 +16,6 @@ and, separately, the SwiGLU MLP's forward+backward written as a 3-D einsum over
 `decoder._dense` does). Every figure is a median of timed repeats after a compile call.
 """
 
-import argparse
 import statistics
 import time
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.common import emit
+from benchmarks.common import emit, width_args
 from dgpo_jax.models import config as model_config
 from dgpo_jax.models.decoder import Decoder
 from dgpo_jax.parallel import sharding
@@ -90,11 +89,7 @@ def mlp_times(width, repeats, d=128, f=384):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--widths", default="256,512,704")
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--out", default=None)
-  args = ap.parse_args()
+  args = width_args(__doc__, "256,512,704")
   base = model_config.preset("tiny-llama", d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
                              d_ff=384, vocab_size=2048, max_seq_len=4096, scan_unroll=4)
   rows = []

@@ -11,18 +11,21 @@ split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about 35 min on 2 CPU cores from empty caches (docs/synthetic.md, "The KD cache")
+      # about 23 min on 2 CPU cores from empty caches (docs/synthetic.md, "The fused CPU
+      # attention")
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=ppo            # a baseline in the same workdir (shares preparation)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
-      # 84 s from empty caches (benchmarks.synthetic_times): a small world, a few steps per stage
+      # 67 s from empty caches (benchmarks.synthetic_times): a small world, a few steps per stage
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
       # every method and ablation × 3 seeds at the default's budgets, one shared preparation
-      # (21 min); the 39 runs take about 7.7 process-hours on 2 cores (docs/results.md, which
-      # ran them as --seeds / --runs parts of one workdir, two processes side by side)
+      # (21 min); the 39 runs took about 7.7 process-hours on 2 cores with XLA's attention,
+      # before the fused kernel (docs/results.md, which ran them as --seeds / --runs parts of
+      # one workdir, two processes side by side; not re-timed since)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
       # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets, one process
-      # per teacher: about 8 h on 2 CPU cores, estimated from its pieces (docs/scaling.md)
+      # per teacher: about 8 h on 2 CPU cores with XLA's attention, estimated from its
+      # pieces (docs/scaling.md; not re-timed with the fused kernel)
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_gpu --workdir=/tmp/dgpo_scg
       # a larger grid for a GPU: students to 1.8M params, teachers to 20M, 3 seeds; a 15-min
       # H200 lease ran only the start of its first cell (docs/scaling.md)
@@ -68,8 +71,12 @@ def get_config(arg: str = ""):
   # attn_chunk: the query block of causal attention in training and scoring forwards
   # (models/config.py); 128 makes CPU steps of these widths faster, 0 (one block) compiles
   # fewer, smaller programs (docs/benchmarks.md, "Decoder choices").
+  # attn_impl "cpu_kernel": the causal attention of those forwards in the fused C++ kernel
+  # (models/cpu_attention.py) on a one-device CPU run, XLA's otherwise; the update steps of
+  # these 16-dim heads take 0.5-0.8x the time (benchmarks.attention, docs/benchmarks.md).
   shape = lambda d, l, ff, chunk=128: ml_collections.ConfigDict(dict(
-      d_model=d, n_layers=l, n_heads=4, n_kv_heads=2, d_ff=ff, attn_chunk=chunk))
+      d_model=d, n_layers=l, n_heads=4, n_kv_heads=2, d_ff=ff, attn_chunk=chunk,
+      attn_impl="cpu_kernel"))
   c.teacher = shape(128, 4, 384)  # 0.89M params with seed 0's 1,550-piece vocabulary
   c.student = shape(48, 2, 144)  # 0.13M params: the teacher is 6.8× larger
   # Teacher SFT until its greedy dev EM (100 questions) reaches 0.45, checked at step 400 and

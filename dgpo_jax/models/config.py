@@ -42,6 +42,10 @@ class ModelConfig:
       block [s, s+c) attends keys [0, s+c) only, skipping most of the masked triangle;
       0 = one block. Exact either way; one block is slower for CPU training steps
       (figures: docs/benchmarks.md, "Decoder choices").
+    attn_impl: "xla", or "cpu_kernel": a plain causal forward's attention (training,
+      scoring) in the fused C++ kernel of `models/cpu_attention.py` where it can run (a CPU
+      backend with one device), else XLA's as with "xla". The same function to float
+      rounding; faster for small heads on CPU (docs/benchmarks.md, "Fused CPU attention").
     scan_unroll: layers per iteration of the scan over blocks in a plain forward
       (training, scoring; `lax.scan(unroll=...)`); n_layers unrolls the stack: faster for
       tiny models on CPU, slower to compile for deep ones. Cached forwards (sampling) keep
@@ -70,6 +74,7 @@ class ModelConfig:
   pad_id: int = 0
   attn_chunk: int = 128
   scan_unroll: int = 1
+  attn_impl: str = "xla"
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -84,6 +89,8 @@ class ModelConfig:
       # Frozen dataclasses must stay hashable (they are static args of jitted functions).
       object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
     object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
+    if self.attn_impl not in ("xla", "cpu_kernel"):
+      fail(f"ModelConfig.attn_impl={self.attn_impl!r}: expected 'xla' or 'cpu_kernel'")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         fail(f"ModelConfig.{name}={getattr(self, name)!r}: expected float32, bfloat16 or float16")

@@ -9,8 +9,9 @@ filled cache slots. `python -m benchmarks.decode` measures the effect (its `kern
 says whether they ran).
 
 The library is compiled on first use with the host's C++ compiler (`$CXX`, default g++;
--O3 -march=native) into `$DGPO_JAX_CACHE/kernels/`, keyed by the source, the compiler and
-the CPU, and loaded from there afterwards (a few seconds once). Without a compiler, or with
+-O3 -march=native) into `$DGPO_JAX_CACHE/kernels/`, keyed by the sources, the compiler and
+the CPU, and loaded from there afterwards (a few seconds once). It also holds the training
+forwards' fused causal attention (`cpu_attention.cc`, used through `models/cpu_attention.py`). Without a compiler, or with
 `DGPO_JAX_CPU_KERNELS=0`, `available()` is False and the decoder keeps its XLA path; the
 reason is logged once. Only float32, single-device, non-differentiated use: the sampler
 decides when (`Sampler(..., cpu_kernels=...)`).
@@ -33,9 +34,15 @@ import numpy as np
 
 from dgpo_jax.utils.cli import cache_dir
 
-_SRC = os.path.join(os.path.dirname(__file__), "cpu_decode.cc")
+_DIR = os.path.dirname(__file__)
+# One library from both kernel sources (cpu_attention.cc: the training forwards' fused causal
+# attention, `models/cpu_attention.py`); the shared header is part of the build key.
+_SRCS = [os.path.join(_DIR, f) for f in ("cpu_decode.cc", "cpu_attention.cc")]
+_HEADER = os.path.join(_DIR, "cpu_kernels.h")
 _TARGETS = {"dgpo_matmul_packed": "DgpoMatmulPacked",
-            "dgpo_decode_attention": "DgpoDecodeAttention"}
+            "dgpo_decode_attention": "DgpoDecodeAttention",
+            "dgpo_causal_attention_fwd": "DgpoCausalAttentionFwd",
+            "dgpo_causal_attention_bwd": "DgpoCausalAttentionBwd"}
 PANEL = 48  # kP in cpu_decode.cc
 _lock = threading.Lock()
 _state: dict = {}  # "ok": bool, and "why": str when not ok
@@ -53,8 +60,10 @@ def _cpu_signature() -> str:
 
 
 def _build(cxx: str) -> str:
-  with open(_SRC, "rb") as f:
-    src = f.read()
+  src = b""
+  for path in _SRCS + [_HEADER]:
+    with open(path, "rb") as f:
+      src += f.read() + b"\0"
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
   key = hashlib.sha256(b"\0".join([src, version.encode(), _cpu_signature().encode(),
                                    jax.ffi.include_dir().encode()])).hexdigest()[:16]
@@ -66,7 +75,7 @@ def _build(cxx: str) -> str:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
   os.close(fd)
   cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-         "-isystem", jax.ffi.include_dir(), _SRC, "-o", tmp]
+         "-isystem", jax.ffi.include_dir(), "-I", _DIR, *_SRCS, "-o", tmp]
   r = subprocess.run(cmd, capture_output=True, text=True)
   if r.returncode != 0:
     os.unlink(tmp)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dgpo_jax.models import cpu_decode
+from dgpo_jax.models import cpu_attention, cpu_decode
 from dgpo_jax.models.config import ModelConfig
 
 # {"k": [L, B, KV, S, hd], "v": same}. Heads before slots: decode attention is then a batched
@@ -129,7 +129,25 @@ def _attend(qg, segments, positions_bt, scale, dt, kv_slice=None):
   return out.reshape(B, KV, G, T, hd)
 
 
-def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn, causal_chunks=False):
+def _xla_attention(cfg: ModelConfig, q, k, v, positions_bt, segments_fn, causal, scale):
+  """Attention through XLA's ops: q [B, T, H, hd] over `segments_fn(k, v)`, in causal query
+  blocks of `cfg.attn_chunk` when `causal` (see `_block`). Returns [B, T, H, hd]."""
+  B, T = q.shape[:2]
+  dt = cfg.jnp_dtype
+  G = cfg.n_heads // cfg.n_kv_heads
+  qg = q.reshape(B, T, cfg.n_kv_heads, G, cfg.head_dim).transpose(0, 2, 3, 1, 4)  # [B,KV,G,T,hd]
+  segments = segments_fn(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+  c = cfg.attn_chunk
+  if causal and 0 < c < T:
+    attn = jnp.concatenate(
+        [_attend(qg[:, :, :, s:s + c], segments, positions_bt[:, s:s + c], scale, dt,
+                 kv_slice=min(s + c, T)) for s in range(0, T, c)], axis=3)
+  else:
+    attn = _attend(qg, segments, positions_bt, scale, dt)
+  return attn.transpose(0, 3, 1, 2, 4).reshape(B, T, cfg.n_heads, cfg.head_dim)
+
+
+def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn, causal_valid=None):
   """One decoder block; returns (x, (k, v)) with this chunk's rotated keys and values.
 
   `segments_fn(k, v) -> [(keys, values, key_positions, key_valid), ...]` lists what the
@@ -137,9 +155,11 @@ def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn, causal_c
   values are [B, KV, S, hd]. Scores of the segments are softmaxed jointly, so the cache is
   read in place, never concatenated.
 
-  `causal_chunks` (a plain causal forward whose key i sits at position i): queries are cut
-  into blocks of `cfg.attn_chunk` and block [s, e) attends keys [0, e) only, so the masked
-  upper triangle is mostly never computed (exact: those keys have zero weight).
+  `causal_valid` [B, T] (given for a plain causal forward whose key i sits at position i,
+  with which keys are real): queries are cut into blocks of `cfg.attn_chunk` and block
+  [s, e) attends keys [0, e) only, so the masked upper triangle is mostly never computed
+  (exact: those keys have zero weight); or, with `cfg.attn_impl = "cpu_kernel"` where it
+  can run, the fused C++ kernel computes it (`cpu_attention`).
   """
   dt = cfg.jnp_dtype
   B, T, _ = x.shape
@@ -151,18 +171,14 @@ def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn, causal_c
     q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
   q = apply_rope(q, positions_bt, inv_freq)
   k = apply_rope(k, positions_bt, inv_freq)
-  G = cfg.n_heads // cfg.n_kv_heads
-  qg = q.reshape(B, T, cfg.n_kv_heads, G, cfg.head_dim).transpose(0, 2, 3, 1, 4)  # [B,KV,G,T,hd]
-  segments = segments_fn(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
   scale = 1.0 / math.sqrt(cfg.head_dim)
-  c = cfg.attn_chunk
-  if causal_chunks and 0 < c < T:
-    attn = jnp.concatenate(
-        [_attend(qg[:, :, :, s:s + c], segments, positions_bt[:, s:s + c], scale, dt,
-                 kv_slice=min(s + c, T)) for s in range(0, T, c)], axis=3)
+  if causal_valid is not None and cfg.attn_impl == "cpu_kernel" and cpu_attention.usable():
+    f32 = lambda a: a.astype(jnp.float32)
+    attn = cpu_attention.causal_attention(f32(q), f32(k), f32(v), causal_valid.astype(jnp.int32),
+                                          scale).astype(dt)
   else:
-    attn = _attend(qg, segments, positions_bt, scale, dt)
-  attn = attn.transpose(0, 3, 1, 2, 4).reshape(B, T, cfg.n_heads, cfg.head_dim)
+    attn = _xla_attention(cfg, q, k, v, positions_bt, segments_fn, causal_valid is not None,
+                          scale)
   x = x + _dense(attn, p["wo"].astype(dt), n_in=2)
   h = rms_norm(x, p["mlp_norm"], cfg.rms_eps)
   gate = _dense(h, p["w_gate"].astype(dt))
@@ -254,7 +270,7 @@ class Decoder(nnx.Module):
 
       def layer(x, p):
         return _block(cfg, inv_freq, p, x, positions_bt, lambda k, v: [chunk_segment(k, v)],
-                      causal_chunks)[0], None
+                      kvalid if causal_chunks else None)[0], None
 
       if self.remat:
         layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)

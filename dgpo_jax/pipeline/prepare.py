@@ -198,7 +198,7 @@ def model_cfg(config, which, tok):
                              n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, d_ff=m.d_ff,
                              vocab_size=tok.vocab_size, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
                              bos_id=tok.bos_id, max_seq_len=4096, scan_unroll=m.n_layers,
-                             attn_chunk=m.attn_chunk)
+                             attn_chunk=m.attn_chunk, attn_impl=m.get("attn_impl", "xla"))
 
 
 def evaluate(model: Model, retriever, config, questions, **kw) -> tuple:
