@@ -162,7 +162,6 @@ def _block(cfg: ModelConfig, inv_freq, p, x, positions_bt, segments_fn, causal_v
   can run, the fused C++ kernel computes it (`cpu_attention`).
   """
   dt = cfg.jnp_dtype
-  B, T, _ = x.shape
   h = rms_norm(x, p["attn_norm"], cfg.rms_eps)
   q = _dense(h, p["wq"].astype(dt))
   k = _dense(h, p["wk"].astype(dt))

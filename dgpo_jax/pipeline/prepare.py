@@ -193,6 +193,9 @@ def sft_teacher(config, workdir, graphdef, params, shardings, mesh, sft, ws, val
 
 
 def model_cfg(config, which, tok):
+  # head_dim stays the tiny-llama preset's 16 whatever d_model is: attention is 4 × 16 = 64
+  # wide in every synthetic model (narrower than a 128-wide teacher, wider than a 48-wide
+  # student). Every recorded synthetic result has this shape, so it is kept.
   m = config[which]
   return model_config.preset("tiny-llama", d_model=m.d_model, n_layers=m.n_layers,
                              n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, d_ff=m.d_ff,
