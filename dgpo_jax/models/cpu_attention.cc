@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -112,6 +113,18 @@ struct Panel {
 // outgrow L1 for long rows).
 constexpr int kR = 4;
 
+// Calls block(R, h, i0) over every query of the kv head's query heads h: blocks of kR
+// queries, then the row's last T mod kR one at a time. R is a std::integral_constant, so
+// the block functions are instantiated for kR and 1 only.
+template <typename F>
+void for_query_blocks(const Dims& d, int64_t kv, F block) {
+  for (int64_t h = kv * d.G; h < (kv + 1) * d.G; ++h) {
+    int64_t i0 = 0;
+    for (; i0 + kR <= d.T; i0 += kR) block(std::integral_constant<int, kR>{}, h, i0);
+    for (; i0 < d.T; ++i0) block(std::integral_constant<int, 1>{}, h, i0);
+  }
+}
+
 // Scores of queries i0 + r (r < R) against keys [0, nb·16), nb = vectors up to the block's last
 // query: s[r·Tp + j] = scale · q_r·k_j + mask_j, -inf past the query's own position. Returns nb.
 template <int R>
@@ -199,15 +212,10 @@ ffi::Error AttentionFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     thread_local std::vector<float> s;
     p.fill(d, k.typed_data(), v.typed_data(), valid.typed_data(), b, kv);
     s.resize(kR * d.Tp);
-    for (int64_t h = kv * d.G; h < (kv + 1) * d.G; ++h) {
-      int64_t i0 = 0;
-      for (; i0 + kR <= d.T; i0 += kR)
-        fwd_block<kR>(d, p, q.typed_data(), scale, b, h, i0, s.data(), o->typed_data(),
-                      lse->typed_data());
-      for (; i0 < d.T; ++i0)
-        fwd_block<1>(d, p, q.typed_data(), scale, b, h, i0, s.data(), o->typed_data(),
-                     lse->typed_data());
-    }
+    for_query_blocks(d, kv, [&](auto R, int64_t h, int64_t i0) {
+      fwd_block<decltype(R)::value>(d, p, q.typed_data(), scale, b, h, i0, s.data(),
+                                    o->typed_data(), lse->typed_data());
+    });
   });
   return ffi::Error::Success();
 }
@@ -293,13 +301,10 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     ds.resize(kR * d.Tp);
     dkt.assign(d.hd * d.Tp, 0.f);
     dvt.assign(d.hd * d.Tp, 0.f);
-    for (int64_t h = kv * d.G; h < (kv + 1) * d.G; ++h) {
-      int64_t i0 = 0;
-      for (; i0 + kR <= d.T; i0 += kR)
-        bwd_block<kR>(d, p, a, scale, b, h, i0, s.data(), ds.data(), dkt.data(), dvt.data());
-      for (; i0 < d.T; ++i0)
-        bwd_block<1>(d, p, a, scale, b, h, i0, s.data(), ds.data(), dkt.data(), dvt.data());
-    }
+    for_query_blocks(d, kv, [&](auto R, int64_t h, int64_t i0) {
+      bwd_block<decltype(R)::value>(d, p, a, scale, b, h, i0, s.data(), ds.data(), dkt.data(),
+                                    dvt.data());
+    });
     for (int64_t j = 0; j < d.T; ++j) {
       const int64_t off = ((b * d.T + j) * d.KV + kv) * d.hd;
       for (int64_t e = 0; e < d.hd; ++e) {
