@@ -44,7 +44,6 @@ def main():
   from flax import nnx
 
   from configs import synthetic
-  from dgpo_jax.data import lm_data
   from dgpo_jax.eval import evaluate as evaluation
   from dgpo_jax.models.decoder import Decoder
   from dgpo_jax.models.tokenizer import SentencePieceTokenizer
@@ -72,10 +71,11 @@ def main():
                      "mask": np.ones((c.prep.batch_size, 2), np.int32)}
   params, _ = fit(a.init, w, Model(cfg, gd, params, sh), mesh, dummy,
                   FitConfig(steps=c.prep.lm_steps, lr=c.prep.lm_lr), 0, lambda m: None)
-  sft = np.load(glob.glob(os.path.join(w, "world", "sft_*.npz"))[0])
+  # the pipeline's own demonstrations and batches for this config (built if the workdir
+  # holds none for it, e.g. with another `prep.sft_renamed`)
+  train_q = cli.read_jsonl(os.path.join(w, "world", "train.jsonl"))[:c.prep.sft_examples]
   seed = prepare.world_seed(c)
-  batch = lm_data.masked_batches(sft["tokens"], sft["mask"], sft["loss_mask"],
-                                 c.prep.batch_size, seed + 7)
+  batch = prepare.sft_batches(c, prepare.demonstrations(c, w, tok, retriever, train_q), seed)
 
   dev = cli.read_jsonl(os.path.join(w, "world", "dev.jsonl"))[:a.dev]
   out_dir = os.path.join(w, "teacher_sft_bench", a.name)

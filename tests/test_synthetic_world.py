@@ -70,3 +70,26 @@ def test_oracle_reaches_the_answer_and_bm25_finds_gold_passages(tmp_path):
       assert kind == "search"
       hits.append(gold in [d.id for d in r.retrieve([query], 3)[0]])
   assert np.mean(hits) > 0.9  # searching the oracle's query finds the gold passage
+
+
+def test_renaming_gives_each_named_entity_a_fresh_name_everywhere():
+  w = SW.generate(0, **SMALL)
+  qs = SW.questions(w, 0)
+  taken = {word for _, title, _ in w.passages() for word in title.split()}
+  rng = np.random.default_rng(0)
+  for fam in SW.FAMILIES:
+    q = next(x for x in qs if x["family"] == fam)
+    names = SW.renaming(q, rng, taken)
+    # the subject (both people of a comparison) and nothing the question does not name
+    assert set(names) == {n for n, _ in q["hops"] if n in q["question"]}
+    assert len(names) == (2 if fam == "comparison" else 1)
+    for old, new in names.items():
+      assert len(new.split()) == len(old.split())
+      assert all(a == b if a in SW.KEPT_WORDS else b not in taken
+                 for a, b in zip(old.split(), new.split()))
+    steps = SW.oracle_steps(q)
+    text = SW.rename(q["question"] + " ".join(t + " " + p for _, t, p in steps), names)
+    assert not any(old in text for old in names) and all(new in text for new in names.values())
+  # whole words only: a name inside a longer word stays
+  assert SW.rename("Ann and Anna met Ann.", {"Ann": "Bo"}) == "Bo and Anna met Bo."
+  assert SW.rename("x", {}) == "x"

@@ -18,6 +18,7 @@ search queries and facts) and `gold_ids`.
 import dataclasses
 import json
 import os
+import re
 import zlib
 
 import numpy as np
@@ -206,6 +207,36 @@ def oracle_steps(q) -> list:
     facts.append(fact)
   steps.append(("answer", " ".join(facts), q["golden_answers"][0]))
   return steps
+
+
+KEPT_WORDS = frozenset(("The", "of", *ORG_SUFFIX))
+
+
+def renaming(q, rng, taken=frozenset()) -> dict:
+  """{old name: fresh name} for the entities a question names (its hop queries that occur in
+  the question text: the subject, both people of a comparison). A fresh name replaces each
+  syllable word of the old one by a random word of 2-3 syllables that is not in `taken` (the
+  words of the world's names), keeping "The", "of" and organisation suffixes: a name no text
+  of the world contains."""
+  def word():
+    while True:
+      w = "".join(rng.choice(SYLLABLES, int(rng.integers(2, 4)))).capitalize()
+      if w not in taken:
+        return w
+  out = {}
+  for name, _ in q["hops"]:
+    if name in q["question"] and name not in out:
+      out[name] = " ".join(w if w in KEPT_WORDS else word() for w in name.split())
+  return out
+
+
+def rename(text: str, names: dict) -> str:
+  """`text` with every whole-word occurrence of each key of `names` replaced by its value."""
+  if not names:
+    return text
+  pattern = re.compile(r"(?<!\w)(" + "|".join(
+      re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?!\w)")
+  return pattern.sub(lambda m: names[m.group(1)], text)
 
 
 def reading_drills(world: World, exclude: set, seed: int = 0, per_passage: int = 2):

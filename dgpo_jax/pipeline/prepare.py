@@ -70,35 +70,29 @@ def build_world(config, workdir):
 def demonstrations(config, workdir, tok, retriever, questions):
   """Oracle trajectories as (tokens, loss_mask) rows; observations from the real retriever.
 
+  `prep.sft_renamed` = K > 0 adds K copies of each demonstration in which the question's
+  named entities carry fresh names (`synthetic_world.renaming`), in the question, the
+  reasoning, the queries, the answer and the retrieved passages alike: the teacher then has
+  to copy a name it has never read into its query and read the facts from the passage, as it
+  must for a held-out subject, instead of recalling a training subject it was pretrained on.
+
   Cached under a name that hashes what shapes the rows (vocabulary, rollout limits, the
-  observation text around a fixed sample), so a change of format builds them again instead
-  of reusing stale rows."""
+  observation text around a fixed sample, the copies), so a change of format builds them
+  again instead of reusing stale rows."""
   engine = RolloutEngine(None, tok, retriever, RolloutConfig.from_config(config))
   sample = engine.observation_ids([Doc("0", '"T"', "A sample passage.", 1.0)])
+  copies = int(config.prep.get("sft_renamed", 0))
   key = zlib.crc32(json.dumps([tok.vocab_size, dataclasses.asdict(engine.cfg), sample,
-                               len(questions)]).encode())
+                               len(questions)] + ([copies] if copies else [])).encode())
   out_f = os.path.join(workdir, "world", f"sft_{tok.vocab_size}_{key:08x}.npz")
   if os.path.isfile(out_f):
     z = np.load(out_f)
     return z["tokens"], z["mask"], z["loss_mask"]
-  steps = [synthetic_world.oracle_steps(q) for q in questions]
-  rows = [(engine.prompt_ids(q["question"]), [], []) for q in questions]
-  for hop in range(max(len(s) for s in steps)):
-    pending = [i for i, s in enumerate(steps) if hop < len(s)]
-    queries = [steps[i][hop][2] for i in pending if steps[i][hop][0] == "search"]
-    docs = iter(retriever.retrieve(queries, config.retrieval.topk)) if queries else iter(())
-    for i in pending:
-      kind, think, payload = steps[i][hop]
-      _, ids, mask = rows[i]
-      gen = tok.encode(f"<think> {think} </think>\n<{kind}> {payload} </{kind}>")
-      if kind == "answer":
-        gen = gen + [tok.eos_ids[0]]
-      ids += gen
-      mask += [1] * len(gen)
-      if kind == "search":
-        obs = engine.observation_ids(next(docs))
-        ids += obs
-        mask += [0] * len(obs)
+  rng = np.random.default_rng(world_seed(config) + 11)
+  taken = _name_words(os.path.join(workdir, "world", "corpus.jsonl")) if copies else set()
+  items = [(q, {}) for q in questions] + [
+      (q, synthetic_world.renaming(q, rng, taken)) for _ in range(copies) for q in questions]
+  rows = _oracle_rows(engine, retriever, config.retrieval.topk, items)
   T_ = -(-(max(len(p) + len(r) for p, r, _ in rows) + 1) // 32) * 32
   tokens = np.full((len(rows), T_), tok.pad_id, np.int32)
   valid = np.zeros_like(tokens)
@@ -110,6 +104,42 @@ def demonstrations(config, workdir, tok, retriever, questions):
     loss[i, len(p):n] = m
   np.savez(out_f, tokens=tokens, mask=valid, loss_mask=loss)
   return tokens, valid, loss
+
+
+def _name_words(corpus_path: str) -> set:
+  """The words of every passage title (entity name) of a synthetic corpus."""
+  return {w for r in cli.read_jsonl(corpus_path) for w in
+          r["contents"].split("\n", 1)[0].strip('"').split()}
+
+
+def _oracle_rows(engine, retriever, topk, items) -> list:
+  """(prompt ids, response ids, response loss mask) of the oracle's trajectory for each
+  (question, renaming) item, hop by hop with one batched retrieval per hop; a renaming
+  rewrites every text, retrieval included, after the real (original) query is answered."""
+  tok = engine.tok
+  steps = [synthetic_world.oracle_steps(q) for q, _ in items]
+  rows = [(engine.prompt_ids(synthetic_world.rename(q["question"], names)), [], [])
+          for q, names in items]
+  for hop in range(max(len(s) for s in steps)):
+    pending = [i for i, s in enumerate(steps) if hop < len(s)]
+    queries = [steps[i][hop][2] for i in pending if steps[i][hop][0] == "search"]
+    docs = iter(retriever.retrieve(queries, topk)) if queries else iter(())
+    for i in pending:
+      kind, think, payload = steps[i][hop]
+      names, (_, ids, mask) = items[i][1], rows[i]
+      gen = tok.encode(synthetic_world.rename(
+          f"<think> {think} </think>\n<{kind}> {payload} </{kind}>", names))
+      if kind == "answer":
+        gen = gen + [tok.eos_ids[0]]
+      ids += gen
+      mask += [1] * len(gen)
+      if kind == "search":
+        found = [Doc(d.id, synthetic_world.rename(d.title, names),
+                     synthetic_world.rename(d.text, names), d.score) for d in next(docs)]
+        obs = engine.observation_ids(found)
+        ids += obs
+        mask += [0] * len(obs)
+  return rows
 
 
 def other_world_seeds(config) -> list:
