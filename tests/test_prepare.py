@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from configs import synthetic
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer
@@ -12,6 +13,7 @@ from dgpo_jax.pipeline import prepare
 from dgpo_jax.retrieval.retriever import IndexRetriever
 
 
+@pytest.mark.slow  # reads the shared smoke run, which takes minutes to build
 def test_renamed_demonstrations_copy_fresh_names_into_queries(smoke_run, tmp_path):
   shutil.copytree(smoke_run / "world", tmp_path / "world",
                   ignore=shutil.ignore_patterns("sft_*.npz"))
