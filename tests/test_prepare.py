@@ -11,6 +11,7 @@ from configs import synthetic
 from dgpo_jax.models.tokenizer import SentencePieceTokenizer
 from dgpo_jax.pipeline import prepare
 from dgpo_jax.retrieval.retriever import IndexRetriever
+from dgpo_jax.utils.errors import DgpoError
 
 
 @pytest.mark.slow  # reads the shared smoke run, which takes minutes to build
@@ -40,3 +41,10 @@ def test_renamed_demonstrations_copy_fresh_names_into_queries(smoke_run, tmp_pat
     query = learned.split("<search>")[1].split("</search>")[0].strip()
     question = text.split("Question:")[1].split("<think>")[0]
     assert query not in named and query in question  # copied from the renamed question
+
+
+def test_a_bad_number_of_renamed_copies_is_named():
+  c = synthetic.get_config("smoke")
+  c.prep.sft_renamed = -1
+  with pytest.raises(DgpoError, match="config.prep.sft_renamed: -1"):
+    prepare.demonstrations(c, "/nonexistent", None, None, [])

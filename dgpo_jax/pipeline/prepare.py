@@ -79,9 +79,11 @@ def demonstrations(config, workdir, tok, retriever, questions):
   Cached under a name that hashes what shapes the rows (vocabulary, rollout limits, the
   observation text around a fixed sample, the copies), so a change of format builds them
   again instead of reusing stale rows."""
+  copies = config.prep.get("sft_renamed", 0)
+  if not isinstance(copies, int) or copies < 0:
+    fail(f"config.prep.sft_renamed: {copies!r} is not a number of copies (an int ≥ 0)")
   engine = RolloutEngine(None, tok, retriever, RolloutConfig.from_config(config))
   sample = engine.observation_ids([Doc("0", '"T"', "A sample passage.", 1.0)])
-  copies = int(config.prep.get("sft_renamed", 0))
   key = zlib.crc32(json.dumps([tok.vocab_size, dataclasses.asdict(engine.cfg), sample,
                                len(questions)] + ([copies] if copies else [])).encode())
   out_f = os.path.join(workdir, "world", f"sft_{tok.vocab_size}_{key:08x}.npz")
