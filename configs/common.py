@@ -133,6 +133,7 @@ def base() -> ml_collections.ConfigDict:
   # AdamW's decoupled decay in KD; the paper gives none, and its repo has no KD code
   c.kd.weight_decay = 0.0
   c.kd.em_threshold = 0.0  # switch to RL once validation EM reaches it (0 = after the epochs)
+  c.kd.val_every = 1  # validation EM (eval.val_questions) after every N-th epoch and the last
   c.kd.skew_alpha = 0.1  # DistiLLM
   c.kd.jsd_beta = 0.5  # GKD
   # The teacher's hidden states at the trajectories' loss positions computed once per KD

@@ -19,10 +19,9 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # 67 s from empty caches (benchmarks.synthetic_times): a small world, a few steps per stage
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
-      # every method and ablation × 3 seeds at the default's budgets, one shared preparation
-      # (21 min); the 39 runs took about 7.7 process-hours on 2 cores with XLA's attention,
-      # before the fused kernel (docs/results.md, which ran them as --seeds / --runs parts of
-      # one workdir, two processes side by side; not re-timed since)
+      # every method and ablation × 3 seeds at the default's budgets, one shared preparation:
+      # about 135 min on 2 CPU cores from empty caches (105 min measured with the preparation
+      # and four runs reused; docs/results.md, "The 2026-12-05 run")
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
       # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets, one process
       # per teacher: about 8 h on 2 CPU cores with XLA's attention, estimated from its
@@ -113,6 +112,8 @@ def get_config(arg: str = ""):
   # validation EM reaches it) saved ~13 epochs but, paired on the same worlds and teachers,
   # gave KD students of test EM 0.310/0.327 (seeds 0/1) against 0.422/0.555 for 20 epochs
   # (docs/synthetic.md); validation EM kept rising after the jump.
+  # kd.val_every stays 1: with 2, sft_ppo's KD stage took 206 s against 214 s with every
+  # epoch validated (two runs, docs/synthetic.md), not worth half the validation curve.
   c.kd.update(epochs=20, batch_size=16, lr=3e-3, warmup_steps=10, em_threshold=0.0,
               cache_teacher=True)  # ~N·K·128 floats: tens of MB here
   c.ppo.update(steps=20, questions_per_step=16, group_size=4, mini_batch=16, micro_batches=1,

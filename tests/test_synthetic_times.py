@@ -29,3 +29,12 @@ def test_smoke_models_use_one_attention_block_and_the_default_keeps_blocks():
   for which in ("student", "teacher"):
     assert prepare.model_cfg(smoke, which, tok).attn_chunk == 0
     assert prepare.model_cfg(default, which, tok).attn_chunk == 128
+
+
+def test_prepared_must_hold_a_preparation_and_times_only_later_runs(tmp_path):
+  r = _times(f"--workdir={tmp_path / 'a'}", f"--prepared={tmp_path}", "--only=method")
+  assert r.returncode != 0 and "holds no finished preparation" in r.stderr
+  (tmp_path / "tgo").mkdir()
+  (tmp_path / "prepare_result.json").write_text("{}")
+  r = _times(f"--workdir={tmp_path / 'a'}", f"--prepared={tmp_path}", "--only=smoke,method")
+  assert r.returncode != 0 and "times method and seed" in r.stderr

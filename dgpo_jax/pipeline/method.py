@@ -137,8 +137,9 @@ def teacher_trajectories(config, workdir, teacher: Model, tok, retriever, train_
 
 def distill_stage(config, workdir, name, student: Model, teacher: Model, data, loss, lam,
                   mesh, evaluate):
-  """KD on trajectories for `kd.epochs` epochs; validation EM after each; stops early when
-  it reaches `kd.em_threshold` (the switch to stage 2)."""
+  """KD on trajectories for `kd.epochs` epochs; validation EM after every `kd.val_every`-th
+  epoch and the last; stops early at a validated epoch whose EM reaches `kd.em_threshold`
+  (the switch to stage 2). Returns (params, one history row per validated epoch)."""
   k = config.kd
   n = len(data["tokens"])
   bs = min(k.batch_size, n)
@@ -156,19 +157,25 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
   history = evaluation.read_history(val_f)
+  every = k.get("val_every", 1)
+  if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+    fail(f"config.kd.val_every: {every!r} is not a number of epochs (an integer ≥ 1)")
   params = student.params
-  for epoch in range(k.epochs):
-    fc = steps.kd_fit_config(config, spe, epoch + 1)
+  for epoch in range(1, k.epochs + 1):
+    fc = steps.kd_fit_config(config, spe, epoch)
     params, m = fit(name, workdir, Model(student.cfg, student.graphdef, params,
                                          student.shardings), mesh, batch_fn, fc, config.seed,
                     log, frozen=teacher, built=built)
-    if len(history) <= epoch:
-      summary = evaluation.headline(evaluate(params))
-      history.append({"epoch": epoch + 1, "step": fc.steps, **summary, **m})
+    if epoch % every and epoch < k.epochs:
+      continue  # validation costs a rollout of the dev slice: not after every epoch
+    row = next((h for h in history if h["epoch"] == epoch), None)
+    if row is None:
+      row = {"epoch": epoch, "step": fc.steps, **evaluation.headline(evaluate(params)), **m}
+      history.append(row)
       _write_json(val_f, history)
-      log(f"[{name}] epoch {epoch + 1}/{k.epochs}: val EM {summary['em']:.3f}")
-    if k.em_threshold > 0 and history[epoch]["em"] >= k.em_threshold:
-      log(f"[{name}] val EM {history[epoch]['em']:.3f} ≥ kd.em_threshold "
+      log(f"[{name}] epoch {epoch}/{k.epochs}: val EM {row['em']:.3f}")
+    if k.em_threshold > 0 and row["em"] >= k.em_threshold:
+      log(f"[{name}] val EM {row['em']:.3f} ≥ kd.em_threshold "
            f"{k.em_threshold}: switching to the next stage")
       break
   return params, history
