@@ -19,7 +19,8 @@ does. `--prepared=DIR` times `method` and `seed` without paying for a new prepar
 `prepare` and TGO left in DIR (`prepare.PREPARED`) is copied into the empty workdir, and
 `first` there (recorded as `first_after_prepare`, no budget) runs only the first run's KD,
 RL and evaluations from an empty compilation cache, which fills it with every program the
-later runs load (the preparation's own, LM pretraining and SFT, no later run uses). Every figure comes with the run's test EMs, so a time is never quoted for a run whose
+later runs load (the preparation's own, LM pretraining and SFT, no later run uses).
+Every figure comes with the run's test EMs, so a time is never quoted for a run whose
 students did not learn. Prints JSON (and writes it to --out).
 """
 

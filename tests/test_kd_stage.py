@@ -7,13 +7,14 @@ import json
 import pytest
 
 from configs import synthetic
-from dgpo_jax.pipeline import method, steps
+from dgpo_jax.pipeline import method, stages, steps
 from dgpo_jax.train.step import Model
 from dgpo_jax.utils.errors import DgpoError
 
 
 def _stage(tmp_path, monkeypatch, ems, **kd):
-  """Runs distill_stage on 8 rows with `fit` stubbed; returns (history, validated params)."""
+  """Runs distill_stage on 8 rows with `fit` stubbed; returns (history, the params it
+  validated, the step each `fit` call trained to)."""
   c = synthetic.get_config("smoke")
   c.kd.update(epochs=5, batch_size=4, **kd)
   monkeypatch.setattr(steps, "kd_update", lambda *a: None)
@@ -61,6 +62,8 @@ def test_threshold_is_checked_on_validated_epochs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [0, -1, True])
-def test_a_bad_val_every_is_named(tmp_path, monkeypatch, bad):
+def test_a_bad_val_every_is_named_before_any_work(bad):
+  c = synthetic.get_config("smoke")
+  c.kd.val_every = bad
   with pytest.raises(DgpoError, match="config.kd.val_every"):
-    _stage(tmp_path, monkeypatch, [0.1] * 5, val_every=bad)
+    stages.plan(c)

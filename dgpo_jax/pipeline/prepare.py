@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dgpo_jax.data import lm_data
+from dgpo_jax.data import corpus, lm_data
 from dgpo_jax.data import synthetic_world
 from dgpo_jax.eval import evaluate as evaluation
 from dgpo_jax.eval import probe
@@ -110,8 +110,7 @@ def demonstrations(config, workdir, tok, retriever, questions):
 
 def _name_words(corpus_path: str) -> set:
   """The words of every passage title (entity name) of a synthetic corpus."""
-  return {w for r in cli.read_jsonl(corpus_path) for w in
-          r["contents"].split("\n", 1)[0].strip('"').split()}
+  return {w for p in corpus.iter_corpus(corpus_path) for w in p.title.strip('"').split()}
 
 
 def _oracle_rows(engine, retriever, topk, items) -> list:

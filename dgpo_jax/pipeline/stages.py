@@ -106,6 +106,9 @@ def _validate(config):
     fail("kd.lam, ppo.beta and ppo.kl_loss_coef must be ≥ 0")
   if config.ppo.grpo_kl not in ("loss", "reward"):
     fail(f"config.ppo.grpo_kl={config.ppo.grpo_kl!r}: expected loss or reward")
+  every = config.kd.val_every
+  if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+    fail(f"config.kd.val_every: {every!r} is not a number of epochs (an integer ≥ 1)")
 
 
 def plan(config) -> list:
