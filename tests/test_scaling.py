@@ -38,6 +38,8 @@ def test_train_tokens_count_kd_once_and_rl_per_epoch_and_refuse_to_undercount(tm
 
 def test_workers_run_each_teacher_in_a_process_then_read_the_grid_back(tmp_path, monkeypatch):
   config = synthetic.get_config("scaling")
+  with config.unlocked():
+    config.scaling.workers = 2  # `:scaling` runs in one process; the worker path is tested
   calls = []
   monkeypatch.setattr(scaling.workers_lib, "run",
                       lambda parts, log_dir, n: calls.append(("parallel", parts, log_dir, n)))
