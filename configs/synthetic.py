@@ -23,9 +23,10 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
       # about 135 min on 2 CPU cores from empty caches (105 min measured with the preparation
       # and four runs reused; docs/results.md, "The 2026-12-05 run")
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
-      # 4 students × 2 teachers × 4 methods × 2 seeds at the default's budgets, one process
-      # per teacher: about 8 h on 2 CPU cores with XLA's attention, estimated from its
-      # pieces (docs/scaling.md; not re-timed with the fused kernel)
+      # 4 students (0.07M-0.20M) × 2 teachers × dgpo, kd, ppo × 2 seeds at the default's
+      # budgets, one process: 119 min on 2 CPU cores from empty caches (docs/scaling.md)
+  python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_wide --workdir=/tmp/dgpo_scw
+      # the 2026-12-04 grid (students to 0.45M, sft_ppo too): about 8 h, run only in pieces
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling_gpu --workdir=/tmp/dgpo_scg
       # a larger grid for a GPU: students to 1.8M params, teachers to 20M, 3 seeds; a 15-min
       # H200 lease ran only the start of its first cell (docs/scaling.md)
@@ -160,7 +161,7 @@ def get_config(arg: str = ""):
   elif arg in ("scaling", "scaling_wide", "scaling_gpu", "scaling_smoke"):
     # `python -m dgpo_jax.scaling`. `:scaling`, the CPU grid: 4 students (0.07M-0.20M with
     # seed 0's vocabulary) × 2 teachers (0.45M and the default's 0.89M) × dgpo, kd and ppo, 2
-    # training seeds, at the default's budgets. `:scaling_wide` swaps the 0.10M student for a
+    # training seeds, at the default's budgets. `:scaling_wide` swaps the 0.11M student for a
     # 0.45M one (the teacher's shape) and adds sft_ppo: the 2026-12-04 grid, several hours.
     c.scaling = ml_collections.ConfigDict(dict(
         teachers=("96x3x288", "128x4x384"),
