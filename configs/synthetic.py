@@ -159,6 +159,8 @@ def get_config(arg: str = ""):
     # docs/results.md), so its comparisons tested nothing.
     pass
   elif arg in ("scaling", "scaling_wide", "scaling_gpu", "scaling_smoke"):
+    if arg == "scaling_smoke":  # the same code on the smoke world (grid below)
+      c = get_config("smoke")
     # `python -m dgpo_jax.scaling`. `:scaling`, the CPU grid: 4 students (0.07M-0.20M with
     # seed 0's vocabulary) × 2 teachers (0.45M and the default's 0.89M) × dgpo, kd and ppo, 2
     # training seeds, at the default's budgets. `:scaling_wide` swaps the 0.11M student for a
@@ -186,13 +188,10 @@ def get_config(arg: str = ""):
       # instead of 7. On an H200 each width cost 30-40 s of compilation and a step about
       # 10 ms (docs/scaling.md); the saving there has not been measured yet.
       c.data.width_multiple = 512
-    if arg == "scaling_smoke":  # the same code on the smoke world: 1 teacher × 2 students,
-      # dgpo and kd (which share the KD stage), 1 seed
-      c = get_config("smoke")
-      c.scaling = ml_collections.ConfigDict(dict(
-          teachers=("64x2x128",), students=("16x1x32", "32x1x64"), methods=("dgpo", "kd"),
-          seeds=(0,), workers=1))
-      c.eval.arcap_thinking, c.kd.val_every = False, 2  # as the grids
+    if arg == "scaling_smoke":  # 1 teacher × 2 students, dgpo and kd (which share the KD
+      # stage), 1 seed
+      c.scaling.update(teachers=("64x2x128",), students=("16x1x32", "32x1x64"),
+                       methods=("dgpo", "kd"), seeds=(0,))
   elif arg == "lm":
     c.stage = "lm"
     c.data.corpus = common.WIKI_SAMPLE
