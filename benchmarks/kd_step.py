@@ -72,7 +72,7 @@ def kd_call(config, student, teacher, mesh, data):
   k = lm_data.loss_caps(data["mask"].sum(1), data["gen"])
   host = {"tokens": data["tokens"], "mask": data["mask"], "loss_mask": data["gen"],
           "loss_idx": lm_data.loss_positions(data["gen"], max(k.values())),
-          "step": np.zeros((ROWS,), np.int32)}
+          "step": np.zeros((ROWS,), np.int32), "lam": np.ones((ROWS,), np.float32)}
   t0 = time.perf_counter()
   if config.kd.cache_teacher:
     host["teacher_h"] = method.teacher_cache(teacher, data, ROWS, mesh)

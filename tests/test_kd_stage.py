@@ -38,8 +38,8 @@ def _stage(tmp_path, monkeypatch, ems, **kd):
   return history, seen, trained
 
 
-def test_every_epoch_by_default(tmp_path, monkeypatch):
-  history, seen, trained = _stage(tmp_path, monkeypatch, [0.1] * 5)
+def test_every_epoch_with_val_every_1(tmp_path, monkeypatch):
+  history, seen, trained = _stage(tmp_path, monkeypatch, [0.1] * 5, val_every=1)
   assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
   assert seen == [2, 4, 6, 8, 10] and trained == seen  # 2 steps an epoch
 

@@ -245,3 +245,49 @@ def test_kd_with_cached_teacher_states_equals_kd_with_the_teacher_run(tiny_model
   assert len(widths) > 1
   with pytest.raises(DgpoError, match="teacher_h"):
     lm_data.masked_batches(tokens, mask, gen, 4, 3, per_position={"teacher_h": cache[:, :3]})
+
+
+def test_stored_teacher_cache_is_read_back_and_keyed_by_the_teacher(tiny_model, tmp_path):
+  """Another method or seed on the same TGO set reads the teacher's cached states from the
+  workdir; a different teacher (or set) gets its own file."""
+  from dgpo_jax.parallel import sharding
+  from dgpo_jax.pipeline import method
+  from dgpo_jax.train.step import Model
+  tcfg, (gt, pt) = tiny_model(seed=1)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, tcfg.vocab_size, (6, 40)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  gen = (rng.random(tokens.shape) < 0.3).astype(np.int32)
+  gen[:, 0] = 0
+  data = {"tokens": tokens, "mask": mask, "gen": gen}
+  mesh, wd = sharding.make_mesh(), str(tmp_path)
+  teacher = Model(tcfg, gt, pt, None)
+  first = method.stored_teacher_cache(wd, teacher, data, 4, mesh)
+  files = sorted((tmp_path / "tgo" / "teacher_states").iterdir())
+  assert len(files) == 1
+  np.testing.assert_array_equal(first, method.teacher_cache(teacher, data, 4, mesh))
+  np.testing.assert_array_equal(method.stored_teacher_cache(wd, teacher, data, 4, mesh), first)
+  other = Model(tcfg, gt, jax.tree.map(lambda x: x * 1.01, pt), None)
+  method.stored_teacher_cache(wd, other, data, 4, mesh)
+  assert len(list((tmp_path / "tgo" / "teacher_states").iterdir())) == 2
+
+
+def test_kd_weight_from_the_batch_equals_the_built_in_one(tiny_model):
+  """`lam` in the batch stands for make_loss's λ, so SFT (λ = 0) and KD (λ = 1) share one
+  compiled update."""
+  from dgpo_jax.data import lm_data
+  from dgpo_jax.rl import distill
+  cfg, (g, params) = tiny_model()
+  tcfg, (gt, pt) = tiny_model(seed=1)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, cfg.vocab_size, (4, 30)).astype(np.int32)
+  gen = (rng.random(tokens.shape) < 0.3).astype(np.int32)
+  gen[:, 0] = 0
+  batch = {"tokens": tokens, "mask": np.ones_like(tokens), "loss_mask": gen,
+           "loss_idx": lm_data.loss_positions(gen, 16)}
+  shared = distill.make_loss(g, gt, "ce_fkl", lam=1.0, chunk=128, block=64)
+  for lam in (0.0, 0.5, 1.0):
+    own = distill.make_loss(g, gt, "ce_fkl", lam=lam, chunk=128, block=64)
+    a = own(g, params, batch, pt)[0]
+    b = shared(g, params, dict(batch, lam=np.full((4,), lam, np.float32)), pt)[0]
+    assert float(a) == float(b), lam

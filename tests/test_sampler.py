@@ -94,3 +94,33 @@ def test_cache_overflow_is_a_clear_error(sampler):
 def test_stop_table_right_aligns():
   table, lens = stop_table([[5], [7, 8, 9]])
   assert table.tolist() == [[-1, -1, 5], [7, 8, 9]] and lens.tolist() == [1, 3]
+
+
+def test_samplers_of_one_model_share_their_programs(tiny_model):
+  # Each evaluation and RL step makes a new Sampler; its programs must not be traced and
+  # fetched again for every one (they were, and that cost a later run over a minute).
+  cfg, (g, params) = tiny_model("tiny-qwen2")
+  a, b = Sampler(g, params, cache_size=128), Sampler(g, params, cache_size=128)
+  assert a._programs is b._programs
+  assert Sampler(g, params, cache_size=64)._programs is not a._programs
+  prompts = _prompts()
+  np.testing.assert_array_equal(a.generate(prompts, 12).tokens, b.generate(prompts, 12).tokens)
+
+
+def test_put_rows_writes_back_only_the_real_rows(sampler):
+  prompts = _prompts((5, 17, 9, 1, 3))
+  st = sampler.prefill(prompts)
+  before = jax.tree.map(np.asarray, st)
+  sub, idx = sampler.take_rows(st, [3, 1, 4])  # padded to 4 rows: [3, 1, 4, 3]
+  assert idx.tolist() == [3, 1, 4, 3]
+  sub, _ = sampler.decode(sub, 5, jax.random.key(0), GREEDY,
+                          active=np.array([True, True, True, False]))
+  after = jax.tree.map(np.asarray, sampler.put_rows(st, idx, 3, sub))
+  sub = jax.tree.map(np.asarray, sub)
+  np.testing.assert_array_equal(after.lengths, before.lengths + np.array([0, 5, 0, 5, 5]))
+  for r, s in ((3, 0), (1, 1), (4, 2)):  # the padding row (a copy of row 3) is dropped
+    np.testing.assert_array_equal(after.last_logits[r], sub.last_logits[s])
+    np.testing.assert_array_equal(after.cache["k"][:, r], sub.cache["k"][:, s])
+  for r in (0, 2):
+    np.testing.assert_array_equal(after.cache["k"][:, r], before.cache["k"][:, r])
+    np.testing.assert_array_equal(after.last_logits[r], before.last_logits[r])

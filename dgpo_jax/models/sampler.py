@@ -6,7 +6,8 @@ positions, so rows of different lengths share one batch without left padding, an
 tokens (a tool observation) can be appended to some rows and decoding resumed without
 recomputing any prefix.
 
-Shapes are bucketed (powers of two) so a long rollout compiles a handful of programs.
+Shapes are bucketed (powers of two) so a long rollout compiles a handful of programs, and
+every Sampler of one model shares them (`_programs`).
 Decoding runs entirely inside one `lax.while_loop`; a row stops at its first stop sequence
 (matched in token space on the ids it sampled) or at the token budget, and the whole loop
 ends when every row has stopped.
@@ -89,6 +90,83 @@ def sample_logits(logits_bv, rng, sp: SamplingParams):
   return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
 
+def _chunk_impl(graphdef, params, st: SamplerState, tokens_bt, n_b, *, window: int):
+  """Feeds each row its `n_b` new tokens and keeps the logits after the last (`append`)."""
+  model = nnx.merge(graphdef, params)
+  T = tokens_bt.shape[1]
+  positions = st.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+  h, cache = model.hidden(tokens_bt, positions, cache=st.cache, cache_window=window)
+  last = jnp.take_along_axis(h, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)
+  logits = model.logits(last)[:, 0]
+  has_new = n_b > 0
+  return SamplerState(cache, st.lengths + n_b,
+                      jnp.where(has_new[:, None], logits, st.last_logits))
+
+
+def _decode_impl(graphdef, cache_size, pad_id, params, packed, st: SamplerState, rng, active_b,
+                 max_new, stops_nk, stop_len_n, *, sp: SamplingParams, width: int,
+                 attn_window: int):
+  """Decodes up to `max_new` tokens per active row in one while loop (`Sampler.decode`)."""
+  model = nnx.merge(graphdef, params)
+  B = active_b.shape[0]
+  K = stops_nk.shape[1]
+  S = cache_size
+
+  def cond(c):
+    i, st, active, *_ = c
+    return (i < max_new) & jnp.any(active)
+
+  def body(c):
+    i, st, active, window, toks, logps, n, stop_idx = c
+    tok, logp = sample_logits(st.last_logits, jax.random.fold_in(rng, i), sp)
+    tok = jnp.where(active, tok, pad_id)
+    toks = toks.at[:, i].set(tok)
+    logps = logps.at[:, i].set(jnp.where(active, logp, 0.0))
+    window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
+    hit = jnp.all((window[:, None, :] == stops_nk[None]) | (stops_nk[None] == -1), axis=-1)
+    hit = hit & active[:, None]  # [B, n]
+    first = jnp.argmax(hit, axis=-1).astype(jnp.int32)
+    stop_idx = jnp.where(jnp.any(hit, -1) & (stop_idx < 0), first, stop_idx)
+    # Every sampled token is fed back, the stop tokens too: a later append continues
+    # right after them.
+    pos = st.lengths[:, None]  # a full row (length S) writes nowhere: scatter drops it
+    h, cache = model.hidden(tok[:, None], pos, cache=st.cache, cache_window=attn_window,
+                            packed=packed)
+    logits = model.logits(h, packed)[:, 0]
+    st = SamplerState(cache, st.lengths + active.astype(jnp.int32),
+                      jnp.where(active[:, None], logits, st.last_logits))
+    n = n + active.astype(jnp.int32)
+    active = active & ~jnp.any(hit, -1) & (st.lengths < S)
+    return i + 1, st, active, window, toks, logps, n, stop_idx
+
+  init = (jnp.int32(0), st, active_b, jnp.full((B, K), -1, jnp.int32),
+          jnp.full((B, width), pad_id, jnp.int32), jnp.zeros((B, width), jnp.float32),
+          jnp.zeros((B,), jnp.int32), jnp.full((B,), -1, jnp.int32))
+  _, st, _, _, toks, logps, n, stop_idx = jax.lax.while_loop(cond, body, init)
+  return st, toks, logps, n, stop_idx
+
+
+class _Programs(NamedTuple):
+  pack: object
+  chunk: object
+  decode: object
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(graphdef, cache_size: int, pad_id: int) -> _Programs:
+  """The jitted programs of every Sampler of one model (graphdef, cache size, pad id).
+
+  Shared, not made per Sampler: each evaluation, validation and RL step makes a new Sampler,
+  and programs made per instance were traced, lowered and fetched from the compilation
+  cache again for each one."""
+  return _Programs(
+      pack=jax.jit(lambda p: nnx.merge(graphdef, p).packed_weights()),
+      chunk=jax.jit(functools.partial(_chunk_impl, graphdef), static_argnames=("window",),
+                    donate_argnums=(1,)),
+      decode=jax.jit(functools.partial(_decode_impl, graphdef, cache_size, pad_id),
+                     static_argnames=("sp", "width", "attn_window"), donate_argnums=(2,)))
+
+
 class Sampler:
   """Generation over a fixed-size cache for one model.
 
@@ -116,10 +194,7 @@ class Sampler:
     self.pad_id = pad_id
     self.cpu_kernels = (self._kernels_apply(params) if cpu_kernels is None
                         else bool(cpu_kernels) and cpu_decode.available())
-    self._pack = jax.jit(lambda p: nnx.merge(self.graphdef, p).packed_weights())
-    self._chunk = jax.jit(self._chunk_impl, static_argnames=("window",), donate_argnums=(1,))
-    self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "width", "attn_window"),
-                           donate_argnums=(2,))
+    self._programs = _programs(graphdef, cache_size, pad_id)
 
   @property
   def params(self):
@@ -145,60 +220,8 @@ class Sampler:
     if not self.cpu_kernels:
       return None
     if self._packed is None:
-      self._packed = self._pack(self._params)
+      self._packed = self._programs.pack(self._params)
     return self._packed
-
-  # ---- jitted bodies ----
-  def _chunk_impl(self, params, st: SamplerState, tokens_bt, n_b, *, window: int):
-    model = nnx.merge(self.graphdef, params)
-    T = tokens_bt.shape[1]
-    positions = st.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
-    h, cache = model.hidden(tokens_bt, positions, cache=st.cache, cache_window=window)
-    last = jnp.take_along_axis(h, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)
-    logits = model.logits(last)[:, 0]
-    has_new = n_b > 0
-    return SamplerState(cache, st.lengths + n_b,
-                        jnp.where(has_new[:, None], logits, st.last_logits))
-
-  def _decode_impl(self, params, packed, st: SamplerState, rng, active_b, max_new, stops_nk,
-                   stop_len_n, *, sp: SamplingParams, width: int, attn_window: int):
-    model = nnx.merge(self.graphdef, params)
-    B = active_b.shape[0]
-    K = stops_nk.shape[1]
-    S = self.cache_size
-
-    def cond(c):
-      i, st, active, *_ = c
-      return (i < max_new) & jnp.any(active)
-
-    def body(c):
-      i, st, active, window, toks, logps, n, stop_idx = c
-      tok, logp = sample_logits(st.last_logits, jax.random.fold_in(rng, i), sp)
-      tok = jnp.where(active, tok, self.pad_id)
-      toks = toks.at[:, i].set(tok)
-      logps = logps.at[:, i].set(jnp.where(active, logp, 0.0))
-      window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
-      hit = jnp.all((window[:, None, :] == stops_nk[None]) | (stops_nk[None] == -1), axis=-1)
-      hit = hit & active[:, None]  # [B, n]
-      first = jnp.argmax(hit, axis=-1).astype(jnp.int32)
-      stop_idx = jnp.where(jnp.any(hit, -1) & (stop_idx < 0), first, stop_idx)
-      # Every sampled token is fed back, the stop tokens too: a later append continues
-      # right after them.
-      pos = st.lengths[:, None]  # a full row (length S) writes nowhere: scatter drops it
-      h, cache = model.hidden(tok[:, None], pos, cache=st.cache, cache_window=attn_window,
-                              packed=packed)
-      logits = model.logits(h, packed)[:, 0]
-      st = SamplerState(cache, st.lengths + active.astype(jnp.int32),
-                        jnp.where(active[:, None], logits, st.last_logits))
-      n = n + active.astype(jnp.int32)
-      active = active & ~jnp.any(hit, -1) & (st.lengths < S)
-      return i + 1, st, active, window, toks, logps, n, stop_idx
-
-    init = (jnp.int32(0), st, active_b, jnp.full((B, K), -1, jnp.int32),
-            jnp.full((B, width), self.pad_id, jnp.int32), jnp.zeros((B, width), jnp.float32),
-            jnp.zeros((B,), jnp.int32), jnp.full((B,), -1, jnp.int32))
-    _, st, _, _, toks, logps, n, stop_idx = jax.lax.while_loop(cond, body, init)
-    return st, toks, logps, n, stop_idx
 
   def _window(self, n: int) -> int:
     """Static attention window over the cache for a call whose rows hold ≤ n tokens: 0 for
@@ -215,9 +238,11 @@ class Sampler:
   @staticmethod
   @functools.partial(jax.jit, donate_argnums=(0,))
   def _put(st: SamplerState, idx, sub: SamplerState):
-    return SamplerState({k: v.at[:, idx].set(sub.cache[k]) for k, v in st.cache.items()},
-                        st.lengths.at[idx].set(sub.lengths),
-                        st.last_logits.at[idx].set(sub.last_logits))
+    # An index past the batch (a padding row's) writes nowhere.
+    return SamplerState(
+        {k: v.at[:, idx].set(sub.cache[k], mode="drop") for k, v in st.cache.items()},
+        st.lengths.at[idx].set(sub.lengths, mode="drop"),
+        st.last_logits.at[idx].set(sub.last_logits, mode="drop"))
 
   def _place(self, st: SamplerState) -> SamplerState:
     if self.row_sharding is None:
@@ -233,15 +258,15 @@ class Sampler:
     rows = list(rows)
     size = min(shapes.pow2(len(rows), minimum=1), int(st.lengths.shape[0]))
     idx = np.asarray(rows + [rows[0]] * (size - len(rows)), np.int32)
-    return self._place(self._take(st, jnp.asarray(idx))), idx
+    return self._place(self._take(st, idx)), idx
 
   def put_rows(self, st: SamplerState, idx: np.ndarray, n_real: int,
                sub: SamplerState) -> SamplerState:
-    """Writes the first `n_real` rows of a sub-batch back (padding rows are dropped)."""
-    real = jnp.asarray(idx[:n_real])
-    sub = SamplerState({k: v[:, :n_real] for k, v in sub.cache.items()}, sub.lengths[:n_real],
-                       sub.last_logits[:n_real])
-    return self._put(st, real, sub)
+    """Writes the first `n_real` rows of a sub-batch back (padding rows are dropped). The
+    whole padded sub-batch goes in, its padding rows aimed past the batch, so one program
+    serves every `n_real` of a sub-batch size."""
+    dest = np.where(np.arange(len(idx)) < n_real, idx, int(st.lengths.shape[0]))
+    return self._put(st, dest.astype(np.int32), sub)
 
   @staticmethod
   def set_lengths(st: SamplerState, lengths) -> SamplerState:
@@ -290,8 +315,8 @@ class Sampler:
       return st
     width = min(shapes.pow2_or_1p5(int(n.max())), self.cache_size)
     tokens = _pad_rows(chunks, width, self.pad_id)
-    return self._chunk(self.params, st, jnp.asarray(tokens), jnp.asarray(n),
-                       window=self._window(int(lengths.max())))
+    return self._programs.chunk(self.params, st, tokens, n,
+                                window=self._window(int(lengths.max())))
 
   def decode(self, st: SamplerState, max_new_tokens: int, rng, sp: SamplingParams = SamplingParams(),
              stop_seqs: Sequence[Sequence[int]] = (), active: Optional[np.ndarray] = None):
@@ -305,11 +330,14 @@ class Sampler:
     active = active & (np.asarray(st.lengths) < self.cache_size)
     table, lens = stop_table(stop_seqs)
     width = shapes.pow2(max_new_tokens)
-    longest = int(np.asarray(st.lengths).max(initial=0))
-    st, toks, logps, n, stop_idx = self._decode(
-        self.params, self.packed(), st, rng, jnp.asarray(active), jnp.int32(max_new_tokens),
-        jnp.asarray(table), jnp.asarray(lens), sp=sp, width=width,
-        attn_window=self._window(longest + max_new_tokens))
+    packed = self.packed()
+    # The CPU kernels read each row's filled slots in place whatever the window, so one
+    # program serves every cache fill; XLA's dots attend the whole window.
+    window = (self.cache_size if packed is not None else
+              self._window(int(np.asarray(st.lengths).max(initial=0)) + max_new_tokens))
+    st, toks, logps, n, stop_idx = self._programs.decode(
+        self.params, packed, st, rng, active, np.int32(max_new_tokens), table, lens, sp=sp,
+        width=width, attn_window=window)
     res = DecodeResult(np.asarray(toks)[:, :max_new_tokens], np.asarray(logps)[:, :max_new_tokens],
                        np.asarray(n), np.asarray(stop_idx))
     return st, res

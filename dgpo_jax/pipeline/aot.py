@@ -143,7 +143,7 @@ def _lower_decode(config, student: Model, mesh, rules):
                      for k, v in shape.cache.items()},
                     sds((rows,), jnp.int32, f(rows, 1, 0)),
                     sds((rows, s.cfg.vocab_size), jnp.float32, f(rows, 2, 0)))
-  return s._decode.lower(
+  return s._programs.decode.lower(
       student.params, None, st, jax.random.key(0), sds((rows,), jnp.bool_, f(rows, 1, 0)),
       sds((), jnp.int32, rep), sds((4, 3), jnp.int32, rep),
       sds((4,), jnp.int32, rep), sp=steps.rl_sampling(config),

@@ -11,6 +11,7 @@ Every stage resumes from what the workdir holds.
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 
@@ -149,11 +150,12 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   @functools.cache
   def rows():  # made at the first step trained: a finished stage, read back, needs no cache
     wm = config.data.width_multiple
-    cached = ({"teacher_h": teacher_cache(teacher, data, bs, mesh, wm)}
+    cached = ({"teacher_h": stored_teacher_cache(workdir, teacher, data, bs, mesh, wm)}
               if k.get("cache_teacher", False) else None)
     return lm_data.masked_batches(data["tokens"], data["mask"], data["gen"], bs,
                                   config.seed + 23, per_position=cached, multiple=wm)
-  batch_fn = lambda step: dict(rows()(step), step=np.full((bs,), step, np.int32))
+  batch_fn = lambda step: dict(rows()(step), step=np.full((bs,), step, np.int32),
+                               lam=np.full((bs,), lam, np.float32))
 
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
   history = evaluation.read_history(val_f)
@@ -199,6 +201,31 @@ def teacher_cache(teacher: Model, data, rows: int, mesh, multiple: int = 64) -> 
            lm_data.loss_positions(gen[ids, :w], k))
     out[ids, :k] = np.asarray(h)
   log(f"[kd] teacher states cached: {out.shape} ({out.nbytes / 2**20:.0f} MiB)")
+  return out
+
+
+def stored_teacher_cache(workdir, teacher: Model, data, rows: int, mesh,
+                         multiple: int = 64) -> np.ndarray:
+  """`teacher_cache`, kept in `workdir/tgo/teacher_states/` under a digest of everything it
+  is computed from (the trajectories, the teacher's params and config, rows, multiple), so
+  another method or seed on the same TGO set reads it instead of running the teacher again.
+  A multi-process run computes it each time (its params are not all on one host)."""
+  if jax.process_count() > 1:
+    return teacher_cache(teacher, data, rows, mesh, multiple)
+  h = hashlib.sha256(repr((teacher.cfg, rows, multiple)).encode())
+  for a in [data["tokens"], data["mask"], data["gen"],
+            *jax.tree.leaves(jax.device_get(teacher.params))]:
+    a = np.ascontiguousarray(a)
+    h.update(repr((a.shape, str(a.dtype))).encode())
+    h.update(a.tobytes())
+  f = os.path.join(workdir, "tgo", "teacher_states", h.hexdigest()[:24] + ".npy")
+  if os.path.isfile(f):
+    log(f"[kd] teacher states read from {f}")
+    return np.load(f)
+  out = teacher_cache(teacher, data, rows, mesh, multiple)
+  os.makedirs(os.path.dirname(f), exist_ok=True)
+  np.save(f + ".tmp.npy", out)
+  os.replace(f + ".tmp.npy", f)
   return out
 
 

@@ -51,7 +51,9 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
   batch: tokens [B, T+1], mask [B, T+1] (real tokens), loss_mask [B, T+1] (1 on generated
   tokens), optionally loss_idx [B, K] (those positions: both heads run on them only) and
   with it teacher_h [B, K, D] (the teacher's hidden states there, `teacher_states`, so the
-  teacher's forward is not run again every step), and for taid a replicated `step` scalar.
+  teacher's forward is not run again every step), for taid a replicated `step` scalar, and
+  optionally lam [B] float32, λ replicated per row, which then stands for `lam`: one compiled
+  update serves every λ (SFT's 0 and KD's 1 in one workdir).
   frozen: the teacher's params.
   """
   if loss not in LOSSES:
@@ -74,7 +76,7 @@ def make_loss(student_graphdef, teacher_graphdef, loss: str = "ce_fkl", lam: flo
     aux = {"ce": ce, "kl_teacher_student": fkl, "tokens": w.sum(),
            "entropy": (st["ent_s"] * w).sum() / n}
     if loss == "ce_fkl":
-      return ce + lam * fkl, aux
+      return ce + (batch["lam"][0] if "lam" in batch else lam) * fkl, aux
     a = taid_t(batch["step"][0], total_steps) if loss == "taid" else alpha
     div = fused_kl.chunked_divergence(hs, ws, ht, wt, loss, a, chunk=chunk)
     return (div * w).sum() / n, dict(aux, divergence=(div * w).sum() / n)

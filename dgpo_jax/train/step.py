@@ -92,8 +92,9 @@ def sds(shape, dtype, sh):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
 
 
-# The fields of a batch of masked targets (SFT, KD) and their ranks; `step` is TAID's clock.
-KD_FIELDS = {"tokens": 2, "mask": 2, "loss_mask": 2, "loss_idx": 2, "step": 1}
+# The fields of a batch of masked targets (SFT, KD) and their ranks; `step` is TAID's clock,
+# `lam` the KL weight λ (float32, one per row), an input so every λ runs one program.
+KD_FIELDS = {"tokens": 2, "mask": 2, "loss_mask": 2, "loss_idx": 2, "step": 1, "lam": 1}
 # ... and with `kd.cache_teacher`, the teacher's hidden states at the loss positions.
 KD_CACHED_FIELDS = dict(KD_FIELDS, teacher_h=3)
 
@@ -104,7 +105,8 @@ def train_update(name, model: Model, tx, mesh, loss_fn, fields: dict, rows: int,
 
   Args:
     fields: batch field → rank ([rows] or [rows, width]); every one int32, rows sharded,
-      but `teacher_h` ([rows, loss tokens, the frozen model's width], float32).
+      but `lam` (float32) and `teacher_h` ([rows, loss tokens, the frozen model's width],
+      float32).
     frozen: the model the loss reads untrained (the teacher in KD and GKD).
   Returns:
     (Step `(state, batch, rng, frozen) -> (state, metrics)`, state shardings, state shape).
@@ -119,7 +121,8 @@ def train_update(name, model: Model, tx, mesh, loss_fn, fields: dict, rows: int,
   def spec(width: int, loss_tokens: int = 0):
     k = loss_tokens or width - 1
     cols = {"loss_idx": k}
-    batch = {name: sds((rows, cols.get(name, width))[:nd], jnp.int32, batch_sh[name])
+    batch = {name: sds((rows, cols.get(name, width))[:nd],
+                       jnp.float32 if name == "lam" else jnp.int32, batch_sh[name])
              for name, nd in fields.items() if name != "teacher_h"}
     if "teacher_h" in fields:  # the frozen teacher's cached states at the loss positions
       batch["teacher_h"] = sds((rows, k, frozen.cfg.d_model), jnp.float32,

@@ -132,3 +132,8 @@ def compilation_cache(path: str):
   import jax
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  # JAX's default also keeps XLA's per-fusion GPU autotuning results under `path`, and that
+  # puts the path into every entry's key: a cache copied or moved (a workdir with its cache,
+  # a copied preparation) then missed every entry, on CPU too. Whole compiled programs are
+  # still cached; only a new program's GPU autotuning is not reused.
+  jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
