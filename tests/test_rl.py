@@ -270,6 +270,9 @@ def test_stored_teacher_cache_is_read_back_and_keyed_by_the_teacher(tiny_model, 
   other = Model(tcfg, gt, jax.tree.map(lambda x: x * 1.01, pt), None)
   method.stored_teacher_cache(wd, other, data, 4, mesh)
   assert len(list((tmp_path / "tgo" / "teacher_states").iterdir())) == 2
+  files[0].write_bytes(b"\x93NUMPY truncated")  # a damaged file is computed again
+  np.testing.assert_array_equal(method.stored_teacher_cache(wd, teacher, data, 4, mesh), first)
+  np.testing.assert_array_equal(np.load(files[0]), first)
 
 
 def test_kd_weight_from_the_batch_equals_the_built_in_one(tiny_model):

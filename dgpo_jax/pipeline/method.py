@@ -220,8 +220,12 @@ def stored_teacher_cache(workdir, teacher: Model, data, rows: int, mesh,
     h.update(a.tobytes())
   f = os.path.join(workdir, "tgo", "teacher_states", h.hexdigest()[:24] + ".npy")
   if os.path.isfile(f):
-    log(f"[kd] teacher states read from {f}")
-    return np.load(f)
+    try:
+      out = np.load(f)
+      log(f"[kd] teacher states read from {f}")
+      return out
+    except (OSError, ValueError) as e:  # a damaged file is made again, not trusted
+      log(f"[kd] {f} unreadable ({e}); computing the teacher states again")
   out = teacher_cache(teacher, data, rows, mesh, multiple)
   os.makedirs(os.path.dirname(f), exist_ok=True)
   np.save(f + ".tmp.npy", out)
