@@ -12,7 +12,7 @@ split) → KD cold start → DGPO (PPO with selective teacher KL) → test EM of
 the teacher, the KD student and the DGPO student → results.json, report.md.
 
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth
-      # about 19 min on 2 CPU cores from empty caches for seed 0, ~2.5 min more on worlds
+      # about 18 min on 2 CPU cores from empty caches for seed 0, ~2.5 min more on worlds
       # whose teacher needs 800 SFT steps (docs/synthetic.md, "Renamed demonstrations")
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=sft_ppo        # a baseline in the same workdir (shares preparation):
