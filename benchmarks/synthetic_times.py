@@ -21,7 +21,8 @@ does. `--prepared=DIR` times `method` and `seed` without paying for a new prepar
 RL and evaluations from an empty compilation cache, which fills it with every program the
 later runs load (the preparation's own, LM pretraining and SFT, no later run uses).
 Every figure comes with the run's test EMs, so a time is never quoted for a run whose
-students did not learn. Prints JSON (and writes it to --out).
+students did not learn. Each run's output, progress lines included, goes to DIR/<run>.log.
+Prints JSON (and writes it to --out).
 """
 
 import argparse
@@ -38,14 +39,19 @@ BUDGET_S = {"smoke": 120, "first": 1200, "method": 300, "seed": 300, "tables": 5
 DEFAULT = ("smoke", "first", "method", "seed")
 
 
-def _timed(args, env, log):
+def _timed(args, env, log, log_path):
+  """Runs `python -m args`, its output (progress lines included) into `log_path`; seconds."""
   cmd = [sys.executable, "-m", *args]
-  log("[synthetic_times] " + " ".join(cmd[2:]))
+  log(f"[synthetic_times] {' '.join(cmd[2:])}  (output: {log_path})")
   t0 = time.time()
-  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  with open(log_path, "a") as f:
+    r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
   wall = round(time.time() - t0, 1)
   if r.returncode:
-    raise SystemExit(f"error: {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    with open(log_path) as f:
+      tail = f.read()[-2000:]
+    raise SystemExit(f"error: {' '.join(args)} failed ({r.returncode}); the end of "
+                     f"{log_path}:\n{tail}")
   return wall
 
 
@@ -75,6 +81,7 @@ def main():
     # a finished run there would be read back, and its time quoted as a run's from scratch
     sys.exit(f"error: --workdir: {a.workdir} is not empty; these times are of runs from "
              f"empty workdirs and caches")
+  os.makedirs(a.workdir, exist_ok=True)
   log = lambda m: print(m, file=sys.stderr, flush=True)
   sets = [f"--config.{s}" for s in a.set]
   out = {"benchmark": "synthetic_times", "cpus": os.cpu_count(), "overrides": a.set,
@@ -82,7 +89,8 @@ def main():
 
   def run(key, args, workdir, cache, ems=True):
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
-    wall = _timed(args + [f"--workdir={workdir}"] + sets, env, log)
+    wall = _timed(args + [f"--workdir={workdir}"] + sets, env, log,
+                  os.path.join(a.workdir, f"{key}.log"))
     row = {"command": "python -m " + " ".join(args + sets), "wall_s": wall,
            "within_budget": wall <= BUDGET_S[key] if key in BUDGET_S else None}
     if ems:

@@ -50,15 +50,18 @@ def _inputs(B, T, H, KV, hd, seed=0):
 def test_matches_reference_and_xla_gradients(shape):
   q, k, v, valid = _inputs(*shape)
   scale = 1.0 / np.sqrt(shape[-1])
-  out = cpu_attention.causal_attention(q, k, v, valid, scale)
-  np.testing.assert_allclose(out, _reference(q, k, v, valid, scale), atol=2e-6)
+  out = np.asarray(cpu_attention.causal_attention(q, k, v, valid, scale))
+  real = valid > 0  # padding queries: zeros where a whole block of them is skipped
+  np.testing.assert_allclose(out[real], _reference(q, k, v, valid, scale)[real], atol=2e-6)
 
   cfg = model_config.preset("tiny-llama", n_heads=shape[2], n_kv_heads=shape[3],
                             head_dim=shape[4], attn_chunk=16)
   pos = jnp.broadcast_to(jnp.arange(shape[1]), shape[:2])
   segs = lambda kk, vv: [(kk, vv, pos, jnp.asarray(valid, bool))]
   xla = lambda q, k, v: decoder._xla_attention(cfg, q, k, v, pos, segs, True, scale)
-  w = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+  # no loss on padding queries, as in training: their cotangent is zero
+  w = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32) * real[..., None,
+                                                                                    None]
   grads = lambda fn: jax.grad(lambda *a: (fn(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
   for got, want in zip(grads(lambda q, k, v: cpu_attention.causal_attention(q, k, v, valid,
                                                                              scale)),
@@ -83,6 +86,28 @@ def test_queries_without_keys_get_zeros():
   assert np.all(np.asarray(gq)[0, :6] == 0)
   assert np.all(np.asarray(gk)[0, :6] == 0) and np.all(np.asarray(gv)[0, :6] == 0)
   assert np.all(np.isfinite(gq)) and np.all(np.isfinite(gk))
+
+
+@needs_kernels
+def test_padding_queries_are_skipped_without_changing_real_gradients():
+  """Right padding: whole blocks of padding queries output zeros and pass no gradient; the
+  real queries' outputs and every gradient are bit for bit those of the same batch without
+  padding queries' blocks (the padding keys are masked either way)."""
+  q, k, v, _ = _inputs(1, 29, 4, 2, 12)
+  valid = np.ones((1, 29), np.int32)
+  valid[0, 17:] = 0  # queries 17-19 share a block with real ones; 20-28 are skipped
+  scale = 0.3
+  out = np.asarray(cpu_attention.causal_attention(q, k, v, valid, scale))
+  assert np.all(out[0, 20:] == 0) and np.any(out[0, 17:20] != 0)
+  np.testing.assert_allclose(out[:, :17], _reference(q, k, v, valid, scale)[:, :17], atol=2e-6)
+  w = np.random.default_rng(2).standard_normal(out.shape).astype(np.float32)
+  w[0, 17:] = 0
+  f = lambda n: jax.grad(lambda q, k, v: (cpu_attention.causal_attention(
+      q[:, :n], k[:, :n], v[:, :n], valid[:, :n], scale) * w[:, :n]).sum(),
+                         argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(f(29), f(20)):  # 20: no skipped block
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert np.all(np.asarray(f(29)[0])[0, 17:] == 0)
 
 
 @needs_kernels

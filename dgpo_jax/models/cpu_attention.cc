@@ -11,7 +11,12 @@
 //
 // Semantics: query i attends keys j <= i whose `valid[j]` is nonzero, at scale `scale`;
 // query heads h read kv head h / (H / KV). A query with no key to attend (all of its keys
-// padding) outputs zeros and gets no gradient. Built with cpu_decode.cc into one library by
+// padding) outputs zeros and gets no gradient. So may a padding query (`valid[i]` zero): a
+// block of kR queries that are all padding is skipped, outputs zeros and passes no gradient.
+// Nothing reads a padding query's output (no query attends a padding key, and no loss sits
+// on padding), so its cotangent is exactly zero and skipping it changes no gradient; a
+// training batch's right padding then costs no attention (a third of a KD batch's queries
+// and half its causal attention work on seed 0's TGO set). Built with cpu_decode.cc into one library by
 // dgpo_jax/models/cpu_decode.py.
 
 #include <cmath>
@@ -114,14 +119,34 @@ struct Panel {
 constexpr int kR = 4;
 
 // Calls block(R, h, i0) over every query of the kv head's query heads h: blocks of kR
-// queries, then the row's last T mod kR one at a time. R is a std::integral_constant, so
-// the block functions are instantiated for kR and 1 only.
-template <typename F>
-void for_query_blocks(const Dims& d, int64_t kv, F block) {
+// queries, then the row's last T mod kR one at a time; skip(n, h, i0) instead for a block of
+// n queries that are all padding (`valid_row`). R is a std::integral_constant, so the block
+// functions are instantiated for kR and 1 only.
+template <typename F, typename S>
+void for_query_blocks(const Dims& d, const int32_t* valid_row, int64_t kv, F block, S skip) {
+  auto any_valid = [&](int64_t i0, int64_t n) {
+    for (int64_t i = i0; i < i0 + n; ++i)
+      if (valid_row[i]) return true;
+    return false;
+  };
   for (int64_t h = kv * d.G; h < (kv + 1) * d.G; ++h) {
     int64_t i0 = 0;
-    for (; i0 + kR <= d.T; i0 += kR) block(std::integral_constant<int, kR>{}, h, i0);
-    for (; i0 < d.T; ++i0) block(std::integral_constant<int, 1>{}, h, i0);
+    for (; i0 + kR <= d.T; i0 += kR) {
+      if (any_valid(i0, kR)) block(std::integral_constant<int, kR>{}, h, i0);
+      else skip(kR, h, i0);
+    }
+    for (; i0 < d.T; ++i0) {
+      if (any_valid(i0, 1)) block(std::integral_constant<int, 1>{}, h, i0);
+      else skip(1, h, i0);
+    }
+  }
+}
+
+// Zeros the [hd] rows of queries i0..i0+n-1 of head h in a [B, T, H, hd] buffer.
+inline void zero_queries(const Dims& d, float* x, int64_t b, int64_t h, int64_t i0, int64_t n) {
+  for (int64_t i = i0; i < i0 + n; ++i) {
+    float* row = x + ((b * d.T + i) * d.H + h) * d.hd;
+    std::fill(row, row + d.hd, 0.f);
   }
 }
 
@@ -212,10 +237,17 @@ ffi::Error AttentionFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     thread_local std::vector<float> s;
     p.fill(d, k.typed_data(), v.typed_data(), valid.typed_data(), b, kv);
     s.resize(kR * d.Tp);
-    for_query_blocks(d, kv, [&](auto R, int64_t h, int64_t i0) {
-      fwd_block<decltype(R)::value>(d, p, q.typed_data(), scale, b, h, i0, s.data(),
-                                    o->typed_data(), lse->typed_data());
-    });
+    for_query_blocks(
+        d, valid.typed_data() + b * d.T, kv,
+        [&](auto R, int64_t h, int64_t i0) {
+          fwd_block<decltype(R)::value>(d, p, q.typed_data(), scale, b, h, i0, s.data(),
+                                        o->typed_data(), lse->typed_data());
+        },
+        [&](int64_t n, int64_t h, int64_t i0) {
+          zero_queries(d, o->typed_data(), b, h, i0, n);
+          float* l = lse->typed_data() + (b * d.H + h) * d.T + i0;
+          std::fill(l, l + n, kNegInf);
+        });
   });
   return ffi::Error::Success();
 }
@@ -301,10 +333,13 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     ds.resize(kR * d.Tp);
     dkt.assign(d.hd * d.Tp, 0.f);
     dvt.assign(d.hd * d.Tp, 0.f);
-    for_query_blocks(d, kv, [&](auto R, int64_t h, int64_t i0) {
-      bwd_block<decltype(R)::value>(d, p, a, scale, b, h, i0, s.data(), ds.data(), dkt.data(),
-                                    dvt.data());
-    });
+    for_query_blocks(
+        d, valid.typed_data() + b * d.T, kv,
+        [&](auto R, int64_t h, int64_t i0) {
+          bwd_block<decltype(R)::value>(d, p, a, scale, b, h, i0, s.data(), ds.data(),
+                                        dkt.data(), dvt.data());
+        },
+        [&](int64_t n, int64_t h, int64_t i0) { zero_queries(d, a.dq, b, h, i0, n); });
     for (int64_t j = 0; j < d.T; ++j) {
       const int64_t off = ((b * d.T + j) * d.KV + kv) * d.hd;
       for (int64_t e = 0; e < d.hd; ++e) {
