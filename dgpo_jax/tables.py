@@ -5,7 +5,9 @@
 Runs dgpo, ppo, sft_ppo, kd, distillm, taid, gkd, grpo and the five ablations of dgpo for
 each seed, sharing one preparation and TGO (see dgpo_jax/pipeline/tables.py), then writes
 tables.md (main, ablation and ARCap tables, mean ± std over seeds), tables.json and
-curves.png in the workdir. Rerun the same command to resume. docs/results.md reports a run.
+curves.png in the workdir. Rerun the same command to resume. `--against=OTHER` adds how each
+run's EM and each claim's verdict differ from another tables workdir's (e.g. the same runs at
+other budgets). docs/results.md reports a run.
 """
 
 from absl import app, flags
@@ -16,6 +18,9 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/synthetic.
 flags.DEFINE_string("workdir", None, "Output directory.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 flags.DEFINE_list("runs", [], "Only these runs (method or method-ablation); default all.")
+flags.DEFINE_string("against", "", "Another tables workdir on the same world, seeds and test "
+                    "questions (e.g. other budgets): each run's paired EM difference and both "
+                    "sides' verdicts, in tables.md and tables.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -38,7 +43,7 @@ def _run():
     if bad:
       fail(f"--runs: unknown {bad} (known: {', '.join(known)})")
     runs = tuple(known[r] for r in FLAGS.runs)
-  tables.run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], runs)
+  tables.run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], runs, FLAGS.against)
 
 
 def main(argv):

@@ -69,3 +69,34 @@ def test_claims_pair_questions_and_give_verdicts():
   md = tables.markdown({"seeds": [0, 1, 2], "runs": {}, "reference": {},
                         "claims": list(cl.values())})
   assert "| DGPO beats KD | dgpo | kd | +0.400 |" in md and "reproduced" in md
+
+
+def test_against_another_workdir_pairs_runs_and_verdicts(tmp_path):
+  """`--against`: each run's EM here − there over the same seeds and questions, and each
+  claim's verdict on both sides; runs missing there are left out; another test set fails."""
+  def res(scores):
+    return {"test": {"student_final": {"em": sum(scores) / len(scores),
+                                       "em_per_question": scores}}}
+  good, bad = [1.0] * 60 + [0.0] * 40, [1.0] * 20 + [0.0] * 80
+  here, runs = {}, (("dgpo", ""), ("kd", ""), ("ppo", ""))
+  for s in (0, 1):
+    here[(s, "dgpo", "")], here[(s, "kd", "")], here[(s, "ppo", "")] = res(good), res(bad), \
+        res(bad)
+    for m, scores in (("dgpo", bad), ("kd", bad)):  # there: dgpo no better than kd; no ppo
+      f = tmp_path / "other" / "runs" / f"seed{s}" / f"{m}.json"
+      f.parent.mkdir(parents=True, exist_ok=True)
+      f.write_text(json.dumps(res(scores)))
+  ag = tables.against_workdir(here, str(tmp_path / "other"), [0, 1], runs)
+  assert set(ag["runs"]) == {"dgpo", "kd"}
+  assert ag["runs"]["dgpo"]["diff"] == pytest.approx(0.4) and ag["runs"]["kd"]["diff"] == 0
+  assert ag["runs"]["dgpo"]["here"] == pytest.approx(0.6)
+  assert ag["runs"]["dgpo"]["there"] == pytest.approx(0.2)
+  (c,) = [c for c in ag["claims"] if c["claim"] == "DGPO beats KD"]
+  assert c["here"][1] == "reproduced" and c["there"][1] == "inconclusive"
+  md = tables.against_markdown(ag)
+  assert "| dgpo | 0.600 | 0.200 | +0.400 |" in md and "| DGPO beats KD | +0.400 |" in md
+  short = {k: res(v["test"]["student_final"]["em_per_question"][:50]) for k, v in here.items()}
+  with pytest.raises(Exception, match="not the same test set"):
+    tables.against_workdir(short, str(tmp_path / "other"), [0, 1], runs)
+  with pytest.raises(Exception, match="no finished run there"):
+    tables.against_workdir(here, str(tmp_path / "none"), [0, 1], runs)

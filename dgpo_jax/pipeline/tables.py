@@ -78,8 +78,9 @@ def run_config(config, method, ablation, seed):
                   world=dict(config.world.to_dict(), seed=prepare.world_seed(config)))
 
 
-def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
-  """Runs `runs` × `seeds`; resumable (finished runs are read back). Returns the tables."""
+def run(config, workdir, seeds, runs=MAIN + ABLATIONS, against: str = "") -> dict:
+  """Runs `runs` × `seeds`; resumable (finished runs are read back). Returns the tables;
+  with `against` (another tables workdir) also `against_workdir`'s comparison."""
   if "world" not in config:
     fail("the tables command runs on the synthetic world (configs/synthetic.py)")
   from dgpo_jax.parallel import sharding
@@ -118,6 +119,8 @@ def run(config, workdir, seeds, runs=MAIN + ABLATIONS) -> dict:
          f"{rate:.0f} s per run, ETA {rate * (len(todo) - i - 1) / 60:.1f} min")
   tables = aggregate(results, seeds, runs)
   tables["claims"] = claims(results, seeds)
+  if against:
+    tables["against"] = against_workdir(results, against, seeds, runs)
   tables["wall_s"] = round(time.time() - t0, 1)
   curves = {}  # run → one list of RL metric rows per seed
   for m, a in runs:
@@ -193,6 +196,59 @@ def claims(results: dict, seeds) -> list:
   return out
 
 
+def against_workdir(results: dict, other: str, seeds, runs) -> dict:
+  """How each run's final-student test EM here differs from another tables run's (the same
+  world, seeds and test questions; other budgets): the paired difference here − there with a
+  95% bootstrap interval over seeds and questions, and each claim's verdict on both sides.
+  Runs that did not finish on every seed on both sides are left out."""
+  theirs = {}
+  for s in seeds:
+    for m, a in runs:
+      f = result_file(other, s, m, a)
+      if os.path.isfile(f):
+        with open(f) as fh:
+          theirs[(s, m, a)] = json.load(fh)
+  if not theirs:
+    first = result_file(other, seeds[0], *runs[0])
+    fail(f"--against={other}: no finished run there (expected {first} and the like)")
+  from dgpo_jax.eval import stats
+  per_q = lambda r: r["test"]["student_final"].get("em_per_question")
+  rows = {}
+  for m, a in runs:
+    pairs = [(results.get((s, m, a)), theirs.get((s, m, a))) for s in seeds]
+    if any(x is None or y is None or per_q(x) is None or per_q(y) is None for x, y in pairs):
+      continue
+    if any(len(per_q(x)) != len(per_q(y)) for x, y in pairs):
+      fail(f"--against={other}: {tag(m, a)} was tested on {len(per_q(pairs[0][1]))} questions "
+           f"there and {len(per_q(pairs[0][0]))} here: not the same test set")
+    d, lo, hi = stats.paired_diff_ci([per_q(x) for x, _ in pairs], [per_q(y) for _, y in pairs])
+    rows[tag(m, a)] = {"here": float(np.mean([np.mean(per_q(x)) for x, _ in pairs])),
+                       "there": float(np.mean([np.mean(per_q(y)) for _, y in pairs])),
+                       "diff": d, "ci95": [lo, hi]}
+  there = {c["claim"]: c for c in claims(theirs, seeds)}
+  verdicts = [{"claim": c["claim"], "here": [c["diff"], c["verdict"]],
+               "there": [there[c["claim"]]["diff"], there[c["claim"]]["verdict"]]}
+              for c in claims(results, seeds) if c["claim"] in there]
+  return {"workdir": os.path.abspath(other), "runs": rows, "claims": verdicts}
+
+
+def against_markdown(ag: dict) -> str:
+  """The `against_workdir` comparison as markdown sections."""
+  s = (f"\n### Against {ag['workdir']} (same seeds and test questions; paired EM "
+       f"difference here − there, 95% bootstrap CI over seeds and questions)\n\n"
+       "| run | EM here | EM there | here − there | 95% CI |\n" + "|---" * 5 + "|\n")
+  for n, r in ag["runs"].items():
+    s += (f"| {n} | {r['here']:.3f} | {r['there']:.3f} | {r['diff']:+.3f} | "
+          f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] |\n")
+  if ag["claims"]:
+    s += ("\n| claim | a − b here | verdict here | a − b there | verdict there |\n"
+          + "|---" * 5 + "|\n")
+    for c in ag["claims"]:
+      s += (f"| {c['claim']} | {c['here'][0]:+.3f} | {c['here'][1]} | {c['there'][0]:+.3f} | "
+            f"{c['there'][1]} |\n")
+  return s
+
+
 def cell_text(v, bold=False):
   """A mean ± std record (`_ms`) as table text; "-" when missing."""
   if v is None:
@@ -240,6 +296,8 @@ def markdown(tables: dict) -> str:
       for n, c in changes.items():
         s += (f"| {n} | {c['first']:.3f} | {c['last']:.3f} | {c['change']:+.3f} | "
               f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] |\n")
+  if tables.get("against"):
+    s += against_markdown(tables["against"])
   return s
 
 
