@@ -162,5 +162,6 @@ def test_benchmark_times_both_paths(tmp_path):
   for x in rows:
     assert x["head_dim"] == 16 and x["width"] == 32
     assert all(t > 0 for t in (*x["attention_fwd_bwd_s"].values(), *x["update_step_s"].values()))
+    assert x["kernel_fwd_bwd_right_padded_s"] > 0 and 0.5 < x["right_padded_real_share"] < 1
     assert x["update_step_kernel_over_xla"] == pytest.approx(
         x["update_step_s"]["cpu_kernel"] / x["update_step_s"]["xla"])
