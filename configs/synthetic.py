@@ -20,9 +20,10 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # 67 s from empty caches (benchmarks.synthetic_times): a small world, a few steps per stage
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
-      # every method and ablation × 3 seeds at the default's budgets, one shared preparation:
-      # about 135 min on 2 CPU cores from empty caches (105 min measured with the preparation
-      # and four runs reused; docs/results.md, "The 2026-12-05 run")
+      # every method and ablation × 3 seeds, one shared preparation, the default's budgets
+      # but 10 KD epochs: 79 min on 2 CPU cores from empty caches (benchmarks.synthetic_times
+      # --only=tables; docs/results.md, "The tables variant's run"); about 135 min with
+      # --config.kd.epochs=20 --config.kd.val_every=2
   python -m dgpo_jax.scaling --config=configs/synthetic.py:scaling --workdir=/tmp/dgpo_scaling
       # 4 students (0.07M-0.20M) × 2 teachers × dgpo, kd, ppo × 2 seeds at the default's
       # budgets, one process: 119 min on 2 CPU cores from empty caches (docs/scaling.md)

@@ -16,7 +16,7 @@ def _stage(tmp_path, monkeypatch, ems, **kd):
   """Runs distill_stage on 8 rows with `fit` stubbed; returns (history, the params it
   validated, the step each `fit` call trained to)."""
   c = synthetic.get_config("smoke")
-  c.kd.update(epochs=5, batch_size=4, **kd)
+  c.kd.update({"epochs": 5, "batch_size": 4, **kd})
   monkeypatch.setattr(steps, "kd_update", lambda *a: None)
   trained = []
 
@@ -59,6 +59,17 @@ def test_threshold_is_checked_on_validated_epochs(tmp_path, monkeypatch):
   history, seen, trained = _stage(tmp_path, monkeypatch, [0.2, 0.5], val_every=2,
                                   em_threshold=0.4)
   assert [h["epoch"] for h in history] == [2, 4] and trained == [2, 4, 6, 8]
+
+
+def test_a_stage_trained_on_another_schedule_is_refused(tmp_path, monkeypatch):
+  """The stage's name does not say how long it trained: resuming a 5-epoch stage as a
+  3-epoch one (or reading it back) stops with a message naming both schedules."""
+  _stage(tmp_path, monkeypatch, [0.1] * 5, val_every=1)
+  kept = json.load(open(tmp_path / "checkpoints" / "kd-x.schedule.json"))
+  assert kept == {"epochs": 5, "steps_per_epoch": 2, "batch_size": 4}
+  _stage(tmp_path, monkeypatch, [], val_every=1)  # the same schedule resumes
+  with pytest.raises(DgpoError, match=r"kd-x was trained with .*'epochs': 5.*'epochs': 3"):
+    _stage(tmp_path, monkeypatch, [0.1] * 3, val_every=1, epochs=3)
 
 
 @pytest.mark.parametrize("bad", [0, -1, True])

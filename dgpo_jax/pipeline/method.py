@@ -157,6 +157,7 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
   batch_fn = lambda step: dict(rows()(step), step=np.full((bs,), step, np.int32),
                                lam=np.full((bs,), lam, np.float32))
 
+  check_schedule(workdir, name, {"epochs": k.epochs, "steps_per_epoch": spe, "batch_size": bs})
   val_f = os.path.join(workdir, "eval", f"{name}_val.json")
   history = evaluation.read_history(val_f)
   params = student.params
@@ -178,6 +179,23 @@ def distill_stage(config, workdir, name, student: Model, teacher: Model, data, l
            f"{k.em_threshold}: switching to the next stage")
       break
   return params, history
+
+
+def check_schedule(workdir, name, schedule: dict):
+  """A KD stage's name says what it distils, not for how long: a workdir whose stage of that
+  name was trained on another schedule (the tables at 10 KD epochs, then a run at 20) would
+  resume or read it back under the wrong one. Keeps the schedule beside the checkpoints and
+  stops on a different one."""
+  f = os.path.join(workdir, "checkpoints", f"{name}.schedule.json")
+  if os.path.isfile(f):
+    with open(f) as fh:
+      kept = json.load(fh)
+    if kept != schedule:
+      fail(f"{f}: KD stage {name} was trained with {kept} in this workdir; this config asks "
+           f"{schedule}. Use another workdir, or remove checkpoints/{name} and that file "
+           f"to train it again.")
+  else:
+    _write_json(f, schedule)
 
 
 def teacher_cache(teacher: Model, data, rows: int, mesh, multiple: int = 64) -> np.ndarray:
