@@ -100,3 +100,6 @@ def test_against_another_workdir_pairs_runs_and_verdicts(tmp_path):
     tables.against_workdir(short, str(tmp_path / "other"), [0, 1], runs)
   with pytest.raises(Exception, match="no finished run there"):
     tables.against_workdir(here, str(tmp_path / "none"), [0, 1], runs)
+  (tmp_path / "other" / "runs" / "seed1" / "kd.json").write_text("{trunc")
+  with pytest.raises(Exception, match=r"seed1/kd.json is not a readable run result"):
+    tables.against_workdir(here, str(tmp_path / "other"), [0, 1], runs)

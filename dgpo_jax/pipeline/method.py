@@ -188,8 +188,12 @@ def check_schedule(workdir, name, schedule: dict):
   stops on a different one."""
   f = os.path.join(workdir, "checkpoints", f"{name}.schedule.json")
   if os.path.isfile(f):
-    with open(f) as fh:
-      kept = json.load(fh)
+    try:
+      with open(f) as fh:
+        kept = json.load(fh)
+    except (OSError, ValueError) as e:
+      fail(f"{f}: unreadable ({e}); it records KD stage {name}'s schedule: restore it, or "
+           f"remove it with checkpoints/{name} to train the stage again")
     if kept != schedule:
       fail(f"{f}: KD stage {name} was trained with {kept} in this workdir; this config asks "
            f"{schedule}. Use another workdir, or remove checkpoints/{name} and that file "

@@ -206,8 +206,11 @@ def against_workdir(results: dict, other: str, seeds, runs) -> dict:
     for m, a in runs:
       f = result_file(other, s, m, a)
       if os.path.isfile(f):
-        with open(f) as fh:
-          theirs[(s, m, a)] = json.load(fh)
+        try:
+          with open(f) as fh:
+            theirs[(s, m, a)] = json.load(fh)
+        except (OSError, ValueError) as e:
+          fail(f"--against: {f} is not a readable run result ({e})")
   if not theirs:
     first = result_file(other, seeds[0], *runs[0])
     fail(f"--against={other}: no finished run there (expected {first} and the like)")
