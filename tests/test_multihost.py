@@ -137,11 +137,12 @@ def test_two_processes_run_dgpo_like_one(tmp_path, smoke_run):
   is evaluated by the same code as the students; RL samples with one stream per host, so its
   numbers differ. Preemption across processes is in test_two_processes_match_one.)"""
   wd = tmp_path / "mp"
-  kd = [f for f in os.listdir(smoke_run / "checkpoints") if f.startswith("kd-")]
+  kd = [f for f in os.listdir(smoke_run / "checkpoints")
+        if f.startswith("kd-") and (smoke_run / "checkpoints" / f).is_dir()]
   assert len(kd) == 1
   prepare.copy_prepared(str(smoke_run), str(wd), prepare.PREPARED + (
-      f"checkpoints/{kd[0]}", f"metrics_{kd[0]}.jsonl", f"eval/{kd[0]}_val.json",
-      "eval/test_teacher.json"))
+      f"checkpoints/{kd[0]}", f"checkpoints/{kd[0]}.schedule.json", f"metrics_{kd[0]}.jsonl",
+      f"eval/{kd[0]}_val.json", "eval/test_teacher.json"))
   kd_rows = open(wd / f"metrics_{kd[0]}.jsonl").read()
   env = cpu_env(1)
   port = _port()
