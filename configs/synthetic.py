@@ -16,7 +16,7 @@ the teacher, the KD student and the DGPO student → results.json, report.md.
       # whose teacher needs 800 SFT steps (docs/synthetic.md, "Renamed demonstrations")
   python -m dgpo_jax.main --config=configs/synthetic.py --workdir=/tmp/dgpo_synth \
       --config.method=sft_ppo        # a baseline in the same workdir (shares preparation):
-      # about 4.6 min, another training seed 4.7 (benchmarks.synthetic_times --prepared)
+      # about 4.5 min, another training seed 4.4 (benchmarks.synthetic_times --prepared)
   python -m dgpo_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/dgpo_smoke
       # 67 s from empty caches (benchmarks.synthetic_times): a small world, a few steps per stage
   python -m dgpo_jax.tables --config=configs/synthetic.py:tables --workdir=/tmp/dgpo_tables
