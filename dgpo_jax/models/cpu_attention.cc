@@ -15,8 +15,8 @@
 // block of kR queries that are all padding is skipped, outputs zeros and passes no gradient.
 // Nothing reads a padding query's output (no query attends a padding key, and no loss sits
 // on padding), so its cotangent is exactly zero and skipping it changes no gradient; a
-// training batch's right padding then costs no attention (a third of a KD batch's queries
-// and half its causal attention work on seed 0's TGO set). Built with cpu_decode.cc into one library by
+// training batch's right padding then costs no attention (docs/benchmarks.md, "Padding
+// queries skipped"). Built with cpu_decode.cc into one library by
 // dgpo_jax/models/cpu_decode.py.
 
 #include <cmath>

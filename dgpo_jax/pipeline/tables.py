@@ -177,6 +177,11 @@ def aggregate(results: dict, seeds, runs) -> dict:
   return {"seeds": list(seeds), "runs": rows, "reference": ref}
 
 
+def _per_question(r: dict):
+  """A run result's final-student EM per test question (None if it kept none)."""
+  return r["test"]["student_final"].get("em_per_question")
+
+
 def claims(results: dict, seeds) -> list:
   """Each claim of CLAIMS whose two runs finished on every seed: the paired EM difference
   with a 95% bootstrap interval over seeds and questions, and a verdict."""
@@ -187,7 +192,7 @@ def claims(results: dict, seeds) -> list:
     rows = [(by_tag.get((s, a)), by_tag.get((s, b))) for s in seeds]
     if any(x is None or y is None for x, y in rows):
       continue
-    per_q = lambda r: r["test"]["student_final"].get("em_per_question")
+    per_q = _per_question
     if any(per_q(x) is None or per_q(y) is None for x, y in rows):
       continue
     d, lo, hi = stats.paired_diff_ci([per_q(x) for x, _ in rows], [per_q(y) for _, y in rows])
@@ -215,15 +220,16 @@ def against_workdir(results: dict, other: str, seeds, runs) -> dict:
     first = result_file(other, seeds[0], *runs[0])
     fail(f"--against={other}: no finished run there (expected {first} and the like)")
   from dgpo_jax.eval import stats
-  per_q = lambda r: r["test"]["student_final"].get("em_per_question")
+  per_q = _per_question
   rows = {}
   for m, a in runs:
     pairs = [(results.get((s, m, a)), theirs.get((s, m, a))) for s in seeds]
     if any(x is None or y is None or per_q(x) is None or per_q(y) is None for x, y in pairs):
       continue
-    if any(len(per_q(x)) != len(per_q(y)) for x, y in pairs):
-      fail(f"--against={other}: {tag(m, a)} was tested on {len(per_q(pairs[0][1]))} questions "
-           f"there and {len(per_q(pairs[0][0]))} here: not the same test set")
+    for s, (x, y) in zip(seeds, pairs):
+      if len(per_q(x)) != len(per_q(y)):
+        fail(f"--against={other}: {tag(m, a)} (seed {s}) was tested on {len(per_q(y))} "
+             f"questions there and {len(per_q(x))} here: not the same test set")
     d, lo, hi = stats.paired_diff_ci([per_q(x) for x, _ in pairs], [per_q(y) for _, y in pairs])
     rows[tag(m, a)] = {"here": float(np.mean([np.mean(per_q(x)) for x, _ in pairs])),
                        "there": float(np.mean([np.mean(per_q(y)) for _, y in pairs])),
